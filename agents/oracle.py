@@ -1,0 +1,280 @@
+"""Oracle box prompts and the hybrid-prompting expert that generates demonstration trajectories.
+
+- ``OracleBox``: the ground-truth bounding box, optionally jittered (the MedSAM evaluation
+  protocol), then stop.
+- ``HybridExpert``: the MedSAM-Agent trajectory generator: a jittered box, then corrective
+  clicks (or box refinements on box-only models), each kept only if it makes progress.
+
+Boxes are ``(r0, c0, r1, c1)`` inclusive pixel indices of the ``S×S`` observation canvas and
+are sent with ``medseg_env.actions.pixel_box``, which covers exactly those pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+from scipy import ndimage
+
+from medseg_env import actions as A
+from medseg_env.actions import Action
+from medseg_env.metrics import bounding_box, iou
+
+from .base import Info, Observation, Policy
+from .clickers import Click, click_action, clicked_mask, padded_distance
+
+PixelBox = tuple[int, int, int, int]
+"""``(r0, c0, r1, c1)``: inclusive row/column pixel indices."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _grow(lo: int, hi: int, need: int, limit: int) -> tuple[int, int]:
+    """Widen the inclusive span ``lo..hi`` to ``need`` pixels, centred, kept in ``0..limit-1``."""
+    deficit = need - (hi - lo + 1)
+    if deficit <= 0:
+        return lo, hi
+    lo, hi = lo - deficit // 2, hi + deficit - deficit // 2
+    shift = max(0, -lo) - max(0, hi - (limit - 1))  # slide back inside the image
+    return max(0, lo + shift), min(limit - 1, hi + shift)
+
+
+def jittered_box(
+    gt: np.ndarray,
+    rng: np.random.Generator | None = None,
+    jitter_px: float = 0,
+    jitter_frac: float = 0.0,
+    min_side: float = 1,
+) -> PixelBox:
+    """The ground-truth bounding box with each side shifted at random.
+
+    Args:
+        gt: ``(H, W)`` non-empty ground-truth mask.
+        rng: random generator; may be None only when there is no jitter. Always 4 draws
+            (one per side) when given, so the stream does not depend on the mask.
+        jitter_px: maximum shift of each side, in pixels.
+        jitter_frac: maximum shift of each side, as a fraction of the box height (top and
+            bottom sides) or width (left and right). Combined with ``jitter_px`` by addition.
+        min_side: the box is widened (centred, inside the image) to at least this many pixels
+            per side, e.g. the env's ``min_box_size`` so that a tiny target still gets a valid
+            box.
+
+    Returns:
+        ``(r0, c0, r1, c1)`` inclusive pixel indices: the tight box (``metrics.bounding_box``)
+        when there is no jitter; otherwise each side moves by an integer drawn uniformly from
+        ``[-m, m]`` with ``m = floor(jitter_px + jitter_frac * side length)``, then the box is
+        clipped to the image and its corners sorted (a large jitter can cross them).
+    """
+    gt = np.asarray(gt, dtype=bool)
+    bbox = bounding_box(gt)
+    if bbox is None:
+        raise ValueError("jittered_box needs a non-empty ground truth")
+    if jitter_px < 0 or jitter_frac < 0:
+        raise ValueError(f"jitter must be >= 0; got jitter_px={jitter_px}, frac={jitter_frac}")
+    r0, c0, r1, c1 = bbox
+    height, width = gt.shape
+    if rng is not None:
+        m_r = math.floor(jitter_px + jitter_frac * (r1 - r0 + 1))
+        m_c = math.floor(jitter_px + jitter_frac * (c1 - c0 + 1))
+        m = np.array([m_r, m_c, m_r, m_c])
+        shift = rng.integers(-m, m, endpoint=True)
+        r0, c0, r1, c1 = (int(v) for v in np.array([r0, c0, r1, c1]) + shift)
+        r0, r1 = sorted((min(max(r0, 0), height - 1), min(max(r1, 0), height - 1)))
+        c0, c1 = sorted((min(max(c0, 0), width - 1), min(max(c1, 0), width - 1)))
+    elif jitter_px or jitter_frac:
+        raise ValueError("jittered_box needs an rng to jitter")
+    need = math.ceil(min_side)
+    r0, r1 = _grow(r0, r1, need, height)
+    c0, c1 = _grow(c0, c1, need, width)
+    return r0, c0, r1, c1
+
+
+def oracle_box_action(
+    gt: np.ndarray,
+    rng: np.random.Generator | None = None,
+    jitter_px: float = 0,
+    jitter_frac: float = 0.0,
+    min_side: float = 1,
+) -> Action:
+    """The box action of ``jittered_box`` on a square ``(S, S)`` ground truth."""
+    r0, c0, r1, c1 = jittered_box(gt, rng, jitter_px, jitter_frac, min_side)
+    return A.pixel_box(r0, c0, r1, c1, gt.shape[0])
+
+
+def hybrid_click(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    rng: np.random.Generator,
+    clicked: np.ndarray | None = None,
+    depth_ratio: float = 0.5,
+) -> Click | None:
+    """A randomised RITM-style click in the largest error region.
+
+    Args:
+        pred, gt: ``(H, W)`` masks.
+        rng: random generator (one draw per call that returns a click).
+        clicked: ``(H, W)`` bool mask of pixels already clicked (never candidates), or None.
+        depth_ratio: candidates are the region's pixels at least this fraction as deep (padded
+            distance to the region's edge) as its deepest unclicked pixel; 1.0 gives RITM's
+            deepest point (up to ties), smaller values more variety.
+
+    Returns:
+        ``(row, col, positive)`` — positive in a false-negative region — or None when no
+        error pixel is left unclicked.
+
+    Regions are the 4-connected components of FN = gt & ~pred and FP = pred & ~gt, ranked by
+    area (ties: FN before FP, then label order, i.e. row-major order of their first pixel);
+    the largest one with an unclicked pixel is used.
+    """
+    p, g = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    done = np.zeros(p.shape, bool) if clicked is None else np.asarray(clicked, dtype=bool)
+    regions: list[tuple[int, bool, np.ndarray, int]] = []
+    for positive, error in ((True, g & ~p), (False, p & ~g)):
+        labels, n = ndimage.label(error)
+        areas = np.bincount(labels.ravel(), minlength=n + 1)
+        regions += [(int(areas[k]), positive, labels, k) for k in range(1, n + 1)]
+    # Stable sort on area only keeps the FN-then-FP, label-order tie rule.
+    for _, positive, labels, k in sorted(regions, key=lambda r: -r[0]):
+        depth = padded_distance(labels == k)
+        depth[done] = 0.0
+        deepest = depth.max()
+        if deepest == 0.0:
+            continue
+        candidates = np.argwhere(depth >= max(depth_ratio * deepest, np.finfo(float).tiny))
+        row, col = candidates[int(rng.integers(len(candidates)))]
+        return int(row), int(col), positive
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies
+# ---------------------------------------------------------------------------------------------
+
+
+def _min_side(base) -> float:
+    """The env's minimum box side in pixels (1 when it has none)."""
+    return float(getattr(base, "min_box_size", 1.0))
+
+
+class OracleBox(Policy):
+    """The ground-truth bounding box (MedSAM evaluation protocol), then stop.
+
+    Sends the box while the episode has none (``info["num_boxes"] == 0``) and the last action
+    was not refused (``info["invalid_action"]``: on a click-only segmenter the box is invalid,
+    and retrying it every turn would only burn the budget); stops otherwise. The box is
+    widened to the env's ``min_box_size`` for targets smaller than that.
+
+    Args:
+        jitter_px: maximum shift of each side in pixels (uniform integer; 0: exact box).
+        jitter_frac: maximum shift of each side as a fraction of the box height/width.
+        seed: seeds ``self.rng`` (the jitter).
+    """
+
+    name = "oracle_box"
+    needs_oracle = True
+
+    def __init__(
+        self, jitter_px: float = 0, jitter_frac: float = 0.0, seed: int | None = None
+    ) -> None:
+        super().__init__(seed)
+        if jitter_px < 0 or jitter_frac < 0:
+            raise ValueError(f"jitter must be >= 0; got {jitter_px}, {jitter_frac}")
+        self.jitter_px, self.jitter_frac = jitter_px, jitter_frac
+
+    def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
+        base = self._oracle(env)
+        if int(info.get("num_boxes", 0)) > 0 or info.get("invalid_action") is not None:
+            return A.stop()
+        return oracle_box_action(
+            base.ground_truth, self.rng, self.jitter_px, self.jitter_frac, _min_side(base)
+        )
+
+
+class HybridExpert(Policy):
+    """The MedSAM-Agent "hybrid prompting" expert with progress-constrained sampling.
+
+    First action (no accepted prompt yet): a jittered ground-truth box, taken without a
+    progress check (it is the protocol's starting prompt, and the empty mask it replaces has
+    IoU 0). On a click-only segmenter there is no box and the first action is a click, checked
+    like every correction.
+
+    Then each turn: stop if the IoU (``info["iou"]``) is at least ``target_iou``; otherwise draw
+    up to ``max_tries`` candidates — a ``hybrid_click`` in the largest error region where the
+    segmenter takes points, else a box refinement (a ground-truth box with the smaller
+    ``refine_jitter_frac``) — and send the first whose ``env.unwrapped.preview`` mask raises
+    the IoU by at least ``tau``. If none does, stop. Each candidate costs one decoder call.
+
+    Deterministic given the seed: the random draws happen in a fixed order and the previews
+    (the segmenter) are deterministic.
+
+    Args:
+        box_jitter_frac: maximum shift of each side of the first box, as a fraction of the box
+            height/width (0.1).
+        refine_jitter_frac: the same for box refinements on box-only segmenters (0.05).
+        tau: minimum IoU gain for a candidate to be kept (0.01).
+        max_tries: candidates drawn per turn before giving up and stopping (5).
+        target_iou: stop once the IoU reaches this (0.9).
+        depth_ratio: click candidates are the pixels of the largest error region at least this
+            fraction as deep as its deepest pixel (0.5; see ``hybrid_click``).
+        seed: seeds ``self.rng``.
+    """
+
+    name = "hybrid_expert"
+    needs_oracle = True
+
+    def __init__(
+        self,
+        box_jitter_frac: float = 0.1,
+        refine_jitter_frac: float = 0.05,
+        tau: float = 0.01,
+        max_tries: int = 5,
+        target_iou: float = 0.9,
+        depth_ratio: float = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        if box_jitter_frac < 0 or refine_jitter_frac < 0:
+            raise ValueError("jitter fractions must be >= 0")
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1; got {max_tries}")
+        if not 0.0 < depth_ratio <= 1.0:
+            raise ValueError(f"depth_ratio must be in (0, 1]; got {depth_ratio}")
+        self.box_jitter_frac = box_jitter_frac
+        self.refine_jitter_frac = refine_jitter_frac
+        self.tau = tau
+        self.max_tries = max_tries
+        self.target_iou = target_iou
+        self.depth_ratio = depth_ratio
+
+    def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
+        base = self._oracle(env)
+        gt = np.asarray(base.ground_truth, dtype=bool)
+        can_click = base.segmenter.supports("point")
+        can_box = base.segmenter.supports("box")
+        if int(info.get("num_prompts", 0)) == 0 and can_box:
+            return oracle_box_action(
+                gt, self.rng, jitter_frac=self.box_jitter_frac, min_side=_min_side(base)
+            )
+        pred = np.asarray(obs["mask"])[..., 0] > 0
+        current = float(info["iou"]) if "iou" in info else iou(pred, gt)
+        if current >= self.target_iou or not (can_click or can_box):
+            return A.stop()
+        clicked = clicked_mask(base.prompts.points, gt.shape)
+        for _ in range(self.max_tries):
+            if can_click:
+                click = hybrid_click(pred, gt, self.rng, clicked, self.depth_ratio)
+                if click is None:  # nothing left to fix
+                    break
+                candidate = click_action(click, gt.shape[0])
+            else:
+                candidate = oracle_box_action(
+                    gt, self.rng, jitter_frac=self.refine_jitter_frac, min_side=_min_side(base)
+                )
+            mask, invalid = base.preview(candidate)
+            if invalid is None and iou(mask, gt) >= current + self.tau:
+                return candidate
+        return A.stop()

@@ -1,0 +1,195 @@
+"""The ``medseg-bench`` command.
+
+Usage::
+
+    medseg-bench                       # = medseg-bench run: the default benchmark
+    medseg-bench run [-p POLICY ...] [-d DATASET ...] [-s SEGMENTER ...] [--budget N]
+                     [--budget POLICY=N] [--seed S] [--limit N] [--subset random|first]
+                     [--obs-size PX] [--nsd-tolerance MM] [--out DIR] [--examples N]
+                     [--no-plots] [--no-progress]
+    medseg-bench compare DIR_A DIR_B   # Markdown table of two result folders
+    medseg-bench list                  # known policies, datasets and segmenters
+
+Exit status: 0 done, 2 bad input (nothing written), 130 interrupted (re-run to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .config import DEFAULT_BUDGET, SUBSET_MODES, BenchConfig, BenchError
+from .summary import ALL
+
+COMMANDS = ("run", "compare", "list")
+
+
+def _budgets(values: Sequence[str]) -> tuple[int, dict[str, int]]:
+    """``["10", "oracle_box=2"]`` -> ``(10, {"oracle_box": 2})``."""
+    budget, per_policy = DEFAULT_BUDGET, {}
+    for value in values:
+        label, sep, number = value.rpartition("=")
+        try:
+            n = int(number)
+        except ValueError:
+            raise BenchError(f"--budget takes N or POLICY=N; got {value!r}") from None
+        if sep:
+            per_policy[label] = n
+        else:
+            budget = n
+    return budget, per_policy
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medseg-bench",
+        description="Benchmark interactive-segmentation policies on medseg-env.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run (or resume) a benchmark (the default command)")
+    run.add_argument(
+        "-p",
+        "--policies",
+        nargs="+",
+        action="extend",
+        metavar="POLICY",
+        help="policy specs, e.g. ritm 'oracle_box:jitter_px=5' (default: every registered one)",
+    )
+    run.add_argument(
+        "-d",
+        "--datasets",
+        nargs="+",
+        action="extend",
+        metavar="DATASET",
+        help="dataset names or paths (default: demo)",
+    )
+    run.add_argument(
+        "-s",
+        "--segmenters",
+        nargs="+",
+        action="extend",
+        metavar="SEGMENTER",
+        help="segmenter names (default: litemedsam)",
+    )
+    run.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="N|POLICY=N",
+        help=f"turn budget for every policy (default {DEFAULT_BUDGET}) or for one; repeatable",
+    )
+    run.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    run.add_argument("--limit", type=int, help="at most N samples per dataset (default: all)")
+    run.add_argument(
+        "--subset",
+        choices=SUBSET_MODES,
+        default="random",
+        help="with --limit: a seeded random subset (default) or the first N samples",
+    )
+    run.add_argument("--obs-size", type=int, default=256, help="observation side, px (256)")
+    run.add_argument(
+        "--nsd-tolerance", type=float, default=2.0, help="NSD tolerance, mm (default 2)"
+    )
+    run.add_argument(
+        "--out",
+        help="results folder (default: $MEDSEG_BENCH_DIR/<hash> or "
+        "~/.cache/medseg-env/bench/<hash>)",
+    )
+    run.add_argument("--examples", type=int, default=4, help="samples in examples.png (default 4)")
+    run.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    compare = sub.add_parser("compare", help="compare two result folders")
+    compare.add_argument("dir_a")
+    compare.add_argument("dir_b")
+    sub.add_parser("list", help="list known policies, datasets and segmenters")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    budget, per_policy = _budgets(args.budget)
+    kwargs = {
+        "policies": tuple(args.policies or ()),
+        "budget": budget,
+        "policy_budgets": per_policy,
+        "seed": args.seed,
+        "limit": args.limit,
+        "subset": args.subset,
+        "obs_size": args.obs_size,
+        "nsd_tolerance_mm": args.nsd_tolerance,
+    }
+    if args.datasets:
+        kwargs["datasets"] = tuple(args.datasets)
+    if args.segmenters:
+        kwargs["segmenters"] = tuple(args.segmenters)
+    return BenchConfig(**kwargs)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .report import summary_table
+    from .runner import run_benchmark
+
+    result = run_benchmark(
+        _config(args),
+        args.out,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+        examples=args.examples,
+    )
+    print(summary_table([r for r in result.summary if r["modality"] == ALL]))
+    print()
+    total = len(result.records)
+    print(
+        f"{total} episodes: {result.executed} run, {result.resumed} resumed from an earlier run "
+        f"(config {result.config.hash()})."
+    )
+    print(f"Results in {result.out_dir}: " + ", ".join(sorted(result.files)))
+    for name in ("dice_vs_turn.png", "examples.png"):
+        if name in result.files:
+            print(f"Plot: {result.files[name]}")
+    return 0
+
+
+def _list() -> int:
+    from medseg_env.data import available_datasets
+    from medseg_env.segmenters import registered_segmenters
+
+    from .plan import known_policies
+
+    print("policies:   " + " ".join(known_policies()))
+    print("datasets:   " + " ".join(available_datasets()) + "  (or a path)")
+    print("segmenters: " + " ".join(registered_segmenters()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # Plain `medseg-bench` (or options only) means `run`.
+    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help")):
+        args_list.insert(0, "run")
+    args = build_parser().parse_args(args_list)
+    try:
+        if args.command == "compare":
+            from .compare import compare
+
+            print(compare(args.dir_a, args.dir_b))
+            return 0
+        if args.command == "list":
+            return _list()
+        return _run(args)
+    except BenchError as err:
+        print(f"medseg-bench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "medseg-bench: interrupted; run the same command again to resume "
+            "(finished episodes are kept)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""``BenchConfig``: everything that decides a benchmark's episodes, hashable and serialisable.
+
+A config names policies, datasets and segmenters by string, so that it can be written to
+``config.json``, compared with the config of an earlier run in the same folder (resume), and
+hashed into the default output folder name. Names are resolved into objects by the runner.
+
+Policy specs are a registered name (``"ritm"``) optionally followed by constructor options,
+``"ritm:first_box=true"`` or ``"oracle_box:jitter_px=5,jitter_frac=0.1"``; values are read as
+JSON (``true``, ``5``, ``0.1``) and otherwise kept as strings. The whole spec is the policy's
+label in every table, so two variants of one policy can be benchmarked side by side.
+
+Turn budget: ``budget`` (default 20, the NoC@k convention of RITM / SimpleClick) applies to
+every policy, so that NoC and the Dice-vs-turn area are comparable across rows; policies that
+stop by themselves (``oracle_box``: box, then stop) simply end early and cost nothing more.
+``policy_budgets`` overrides it per policy spec (``{"oracle_box": 2}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BUDGET = 20
+DEFAULT_DATASETS = ("demo",)
+DEFAULT_SEGMENTERS = ("litemedsam",)
+# The order policies appear in tables when all registered ones are benchmarked.
+PREFERRED_POLICY_ORDER = ("oracle_box", "hybrid_expert", "ritm", "imis", "random")
+SUBSET_MODES = ("random", "first")
+OUT_DIR_ENV = "MEDSEG_BENCH_DIR"
+
+
+class BenchError(ValueError):
+    """Bad benchmark input (unknown name, empty dataset, a folder of another config...).
+
+    The CLI prints the message and exits with status 2; nothing has been written.
+    """
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The inputs of a benchmark run.
+
+    Attributes:
+        policies: policy specs (see the module docstring); empty = every registered policy.
+        datasets: dataset names or paths, as ``medseg_env.data.load_dataset`` takes them.
+        segmenters: registered segmenter names.
+        budget: maximum turns per episode (the env's ``max_turns``), for every policy.
+        policy_budgets: per-policy-spec overrides of ``budget``.
+        seed: seeds the sample subset and every episode (see ``episode_seed``).
+        limit: at most this many samples per dataset (None: all of them).
+        subset: how a limited dataset is cut: ``"random"`` (a seeded random subset, kept in
+            dataset order) or ``"first"`` (the first ``limit`` samples).
+        obs_size: side of the square observation canvas, pixels.
+        nsd_tolerance_mm: tolerance of the normalised surface Dice, millimetres.
+    """
+
+    policies: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = DEFAULT_DATASETS
+    segmenters: tuple[str, ...] = DEFAULT_SEGMENTERS
+    budget: int = DEFAULT_BUDGET
+    policy_budgets: Mapping[str, int] = field(default_factory=dict)
+    seed: int = 0
+    limit: int | None = None
+    subset: str = "random"
+    obs_size: int = 256
+    nsd_tolerance_mm: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Normalise containers so that equal configs compare, serialise and hash equally.
+        for name in ("policies", "datasets", "segmenters"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, name, tuple(str(v) for v in value))
+        budgets = {str(k): int(v) for k, v in dict(self.policy_budgets).items()}
+        object.__setattr__(self, "policy_budgets", dict(sorted(budgets.items())))
+        object.__setattr__(self, "nsd_tolerance_mm", float(self.nsd_tolerance_mm))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for values that can never work (names are checked later)."""
+        for name in ("datasets", "segmenters"):
+            if not getattr(self, name):
+                raise BenchError(f"{name} must name at least one entry")
+            _no_duplicates(name, getattr(self, name))
+        _no_duplicates("policies", self.policies)
+        for spec in self.policies:
+            parse_policy_spec(spec)
+        for label, value in [("budget", self.budget), *self.policy_budgets.items()]:
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise BenchError(f"budget of {label!r} must be an integer >= 1; got {value!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise BenchError(f"limit must be an integer >= 1 or None; got {self.limit!r}")
+        if self.subset not in SUBSET_MODES:
+            raise BenchError(f"subset must be one of {SUBSET_MODES}; got {self.subset!r}")
+        if self.obs_size < 16:
+            raise BenchError(f"obs_size must be at least 16; got {self.obs_size}")
+        if not self.nsd_tolerance_mm >= 0:
+            raise BenchError(f"nsd_tolerance_mm must be >= 0; got {self.nsd_tolerance_mm}")
+
+    def budget_for(self, policy: str) -> int:
+        """The turn budget of one policy spec."""
+        return int(self.policy_budgets.get(policy, self.budget))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (lists for tuples); ``from_dict`` inverts it."""
+        out = asdict(self)
+        for name in ("policies", "datasets", "segmenters"):
+            out[name] = list(out[name])
+        out["policy_budgets"] = dict(self.policy_budgets)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BenchError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """12 hex digits of the SHA-256 of the canonical JSON: stable across processes."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    def diff(self, other: BenchConfig) -> list[str]:
+        """Keys whose values differ, each as ``"key: this != other"``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in sorted(mine) if mine[k] != theirs[k]]
+
+
+def _no_duplicates(name: str, values: Sequence[str]) -> None:
+    seen = sorted({v for v in values if list(values).count(v) > 1})
+    if seen:
+        raise BenchError(f"{name} lists {seen} more than once")
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name:k=v,k2=v2"`` -> ``("name", {"k": v, "k2": v2})`` with JSON-parsed values."""
+    name, _, rest = spec.partition(":")
+    if not name:
+        raise BenchError(f"policy spec {spec!r} has no policy name")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"policy spec {spec!r}: option {item!r} is not key=value")
+        try:
+            kwargs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            kwargs[key] = raw
+    return name, kwargs
+
+
+def stable_int(*parts: Any) -> int:
+    """A 63-bit integer from the SHA-256 of ``parts`` (JSON): the same in every process.
+
+    Python's ``hash()`` of a string is salted per process, so it cannot seed anything that
+    must be reproducible.
+    """
+    digest = hashlib.sha256(json.dumps(list(parts), separators=(",", ":")).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def episode_seed(seed: int, policy: str, dataset: str, segmenter: str, sample_id: str) -> int:
+    """The seed of one episode: independent of which other episodes run, and in what order."""
+    return stable_int("episode", seed, policy, dataset, segmenter, sample_id)
+
+
+def default_out_dir(config: BenchConfig) -> Path:
+    """``$MEDSEG_BENCH_DIR/<hash>``, else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/bench/<hash>``.
+
+    Never the current directory; one folder per config, so different configs never collide.
+    """
+    base = os.environ.get(OUT_DIR_ENV)
+    if not base:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = str(Path(cache) / "medseg-env" / "bench")
+    return Path(base).expanduser() / config.hash()

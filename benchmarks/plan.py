@@ -1,0 +1,196 @@
+"""Planning a benchmark: resolve names, load and subset the data, list every episode.
+
+Nothing here writes anything, so bad input is refused before an output folder is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from medseg_env.data import Dataset, load_dataset
+from medseg_env.segmenters import registered_segmenters
+
+from .config import (
+    PREFERRED_POLICY_ORDER,
+    BenchConfig,
+    BenchError,
+    episode_seed,
+    parse_policy_spec,
+    stable_int,
+)
+from .records import EpisodeKey
+
+PolicySource = Any  # a medseg_agents.Policy, or a zero-argument factory returning one
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One planned episode; ``sample_index`` indexes the full dataset."""
+
+    policy: str
+    dataset: str
+    segmenter: str
+    sample_index: int
+    sample_id: str
+    seed: int
+    budget: int
+
+    @property
+    def key(self) -> EpisodeKey:
+        return (self.policy, self.dataset, self.segmenter, self.sample_id)
+
+
+@dataclass
+class Plan:
+    """A resolved config, its loaded data and built policies, and every episode in report order."""
+
+    config: BenchConfig
+    datasets: dict[str, Dataset]
+    selected: dict[str, list[int]]
+    episodes: list[EpisodeSpec]
+    policies: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        return {
+            spec: data_fingerprint(self.datasets[spec], self.selected[spec])
+            for spec in self.config.datasets
+        }
+
+
+def policy_registry() -> dict[str, Callable[..., Any]]:
+    try:
+        from medseg_agents import POLICIES
+    except ImportError:  # the agents package is optional for library users
+        return {}
+    return dict(POLICIES)
+
+
+def known_policies(extra: Iterable[str] = ()) -> list[str]:
+    """Registered policy names (then injected ones) in table order."""
+    names = list(policy_registry()) + [n for n in extra if n not in policy_registry()]
+    first = [n for n in PREFERRED_POLICY_ORDER if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
+def resolve_config(
+    config: BenchConfig, policies: Mapping[str, PolicySource] | None = None
+) -> BenchConfig:
+    """Fill an empty policy list with every known policy and check every policy name.
+
+    ``policies`` are injected policies (by label), known in addition to the registry.
+    """
+    injected = dict(policies or {})
+    known = known_policies(injected)
+    specs = config.policies or tuple(known)
+    if not specs:
+        raise BenchError("no policy to benchmark: medseg_agents.POLICIES is empty or missing")
+    for spec in specs:
+        name, _ = parse_policy_spec(spec)
+        if spec not in injected and name not in policy_registry():
+            raise BenchError(f"unknown policy {name!r}; known: {', '.join(known) or '(none)'}")
+    for segmenter in config.segmenters:
+        if segmenter not in registered_segmenters():
+            raise BenchError(
+                f"unknown segmenter {segmenter!r}; known: {', '.join(registered_segmenters())}"
+            )
+    for label in config.policy_budgets:
+        if label not in specs:
+            raise BenchError(f"a budget is given for {label!r}, which is not among the policies")
+    return replace(config, policies=tuple(specs))
+
+
+def load_datasets(
+    config: BenchConfig, datasets: Mapping[str, Dataset] | None = None
+) -> dict[str, Dataset]:
+    """Load every dataset of the config (injected ``datasets`` are used by name first)."""
+    out = {}
+    for spec in config.datasets:
+        if datasets and spec in datasets:
+            out[spec] = datasets[spec]
+            continue
+        try:
+            out[spec] = load_dataset(spec)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            # load_dataset's message lists the registered names for an unknown one.
+            raise BenchError(f"dataset {spec!r}: {err}") from err
+        if len(out[spec]) == 0:  # Dataset refuses this itself; belt and braces
+            raise BenchError(f"dataset {spec!r} has no samples")
+    return out
+
+
+def select_samples(dataset: Dataset, spec: str, config: BenchConfig) -> list[int]:
+    """Indices of the samples to run, in dataset order.
+
+    No limit, or a limit >= the dataset: all. ``subset="first"``: the first ``limit``.
+    ``subset="random"``: ``limit`` indices drawn without replacement by a generator seeded from
+    (seed, dataset spec) only, so every policy and segmenter sees the same samples.
+    """
+    n = len(dataset)
+    if config.limit is None or config.limit >= n:
+        return list(range(n))
+    if config.subset == "first":
+        return list(range(config.limit))
+    rng = np.random.default_rng(stable_int("subset", config.seed, spec))
+    return sorted(int(i) for i in rng.choice(n, size=config.limit, replace=False))
+
+
+def make_plan(
+    config: BenchConfig,
+    policies: Mapping[str, PolicySource] | None = None,
+    datasets: Mapping[str, Dataset] | None = None,
+) -> Plan:
+    """Resolve names, load data and list every episode. Writes nothing."""
+    config = resolve_config(config, policies)
+    loaded = load_datasets(config, datasets)
+    selected = {spec: select_samples(ds, spec, config) for spec, ds in loaded.items()}
+    episodes = [
+        EpisodeSpec(
+            policy=policy,
+            dataset=spec,
+            segmenter=segmenter,
+            sample_index=i,
+            sample_id=loaded[spec][i].sample_id,
+            seed=episode_seed(config.seed, policy, spec, segmenter, loaded[spec][i].sample_id),
+            budget=config.budget_for(policy),
+        )
+        for policy in config.policies
+        for spec in config.datasets
+        for segmenter in config.segmenters
+        for i in selected[spec]
+    ]
+    built = {label: build_policy(label, (policies or {}).get(label)) for label in config.policies}
+    return Plan(config, loaded, selected, episodes, built)
+
+
+def build_policy(label: str, source: PolicySource | None = None) -> Any:
+    """The policy of a spec: ``source`` when given (a policy, or a factory), else the registry's
+    policy built with the spec's options. Bad options are a ``BenchError``."""
+    if source is not None:
+        return source if hasattr(source, "act") else source()
+    name, kwargs = parse_policy_spec(label)
+    try:
+        return policy_registry()[name](**kwargs)
+    except (TypeError, ValueError) as err:
+        raise BenchError(f"policy spec {label!r}: {err}") from err
+
+
+def data_fingerprint(dataset: Dataset, indices: Iterable[int]) -> dict[str, Any]:
+    """Name, sizes and a SHA-256 of the selected samples' ids, pixels, masks and spacing."""
+    digest = hashlib.sha256()
+    indices = list(indices)
+    for i in indices:
+        s = dataset[i]
+        digest.update(f"{s.sample_id}|{s.modality}|{s.target}|{s.spacing}|".encode())
+        digest.update(np.ascontiguousarray(s.image).tobytes())
+        digest.update(np.packbits(s.mask).tobytes())
+    return {
+        "name": dataset.name,
+        "samples": len(dataset),
+        "selected": len(indices),
+        "sha256": digest.hexdigest(),
+    }

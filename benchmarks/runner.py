@@ -1,0 +1,284 @@
+"""Run a benchmark: plan the episodes, run the missing ones, record them, write the results.
+
+Determinism: episode ``(policy, dataset, segmenter, sample)`` is seeded with
+``config.episode_seed`` (SHA-256 of those names and the run seed), passed to both
+``policy.seed`` and ``env.reset``; so an episode's outcome depends neither on the episodes
+before it nor on resuming. Everything written, except what lies under ``results.json["run"]``,
+``timings.csv`` and the journal's ``timing`` fields, is the same byte for byte for the same
+config, data and package versions.
+
+Resume: finished episodes go to ``episodes.jsonl`` (``records.Journal``) as they end; a re-run
+with the same config and folder reads it, runs only the missing episodes, and rewrites the
+results from all of them. A folder whose ``config.json`` holds another config (or whose data
+changed) is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from medseg_env.data import Dataset
+
+from . import report
+from .config import BenchConfig, BenchError, default_out_dir
+from .episode import FinalState, Resources
+from .plan import Plan, PolicySource, make_plan
+from .records import EpisodeKey, EpisodeRecord, Journal, atomic_write
+from .summary import summarize, summarize_timings
+
+FORMAT = "medseg-bench/1"
+CONFIG_FILE = "config.json"
+JOURNAL_FILE = "episodes.jsonl"
+OUTPUT_FILES = (
+    "results.json",
+    "episodes.csv",
+    "timings.csv",
+    "summary.csv",
+    "summary.md",
+    "dice_vs_turn.png",
+    "examples.png",
+)
+VERSIONED_PACKAGES = (
+    "medseg-env",
+    "gymnasium",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "torch",
+    "matplotlib",
+)
+
+
+@dataclass
+class BenchResult:
+    """What ``run_benchmark`` did and wrote."""
+
+    out_dir: Path
+    config: BenchConfig
+    records: list[EpisodeRecord]
+    summary: list[dict[str, Any]]
+    resumed: int
+    executed: int
+    files: dict[str, Path]
+    markdown: str
+
+
+def check_out_dir(out_dir: Path, plan: Plan) -> bool:
+    """Refuse a folder holding another config's results; True when it holds this config's.
+
+    Raises:
+        BenchError: the folder's ``config.json`` differs (the message lists the keys), its
+            data fingerprint differs, or it holds benchmark files without a ``config.json``.
+    """
+    config_path = out_dir / CONFIG_FILE
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"output path {out_dir} exists and is not a folder")
+    if not config_path.is_file():
+        found = [n for n in (JOURNAL_FILE, *OUTPUT_FILES) if (out_dir / n).exists()]
+        if found:
+            raise BenchError(
+                f"{out_dir} holds benchmark files ({', '.join(found)}) but no {CONFIG_FILE}; "
+                "choose another --out folder"
+            )
+        return False
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        old = BenchConfig.from_dict(saved["config"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise BenchError(
+            f"{config_path} is unreadable ({err}); choose another --out folder"
+        ) from err
+    diff = plan.config.diff(old)
+    if diff:
+        raise BenchError(
+            f"{out_dir} holds results of a different config (hash {old.hash()}, this one is "
+            f"{plan.config.hash()}); differing keys (this run != saved): {'; '.join(diff)}. "
+            "Choose another --out folder (or remove that one)."
+        )
+    old_data, new_data = saved.get("data", {}), plan.fingerprints()
+    changed = sorted(k for k in new_data if old_data.get(k) != new_data[k])
+    if changed:
+        raise BenchError(
+            f"{out_dir} holds results of the same config on different data: dataset(s) "
+            f"{changed} changed since. Choose another --out folder."
+        )
+    return True
+
+
+def run_benchmark(
+    config: BenchConfig,
+    out_dir: str | Path | None = None,
+    *,
+    policies: Mapping[str, PolicySource] | None = None,
+    datasets: Mapping[str, Dataset] | None = None,
+    progress: bool = True,
+    plots: bool = True,
+    examples: int = 4,
+) -> BenchResult:
+    """Run (or resume) a benchmark and write its results to ``out_dir``.
+
+    Args:
+        config: what to run; an empty ``policies`` means every registered policy.
+        out_dir: the results folder (default ``config.default_out_dir``: never the cwd).
+        policies: extra policies by label (a ``Policy`` or a factory), e.g. for tests; they
+            are identified by label only in the config and its hash.
+        datasets: datasets by spec, used instead of ``load_dataset(spec)``.
+        progress: show a tqdm progress bar.
+        plots: write ``dice_vs_turn.png`` and ``examples.png``.
+        examples: columns (samples) of ``examples.png``.
+
+    Raises:
+        BenchError: bad input or a folder of another config; nothing was written.
+    """
+    started = time.perf_counter()
+    plan = make_plan(config, policies, datasets)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(plan.config)
+    check_out_dir(out, plan)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / CONFIG_FILE, report.dump_json(_config_doc(plan)))
+    journal = Journal(out / JOURNAL_FILE)
+    wanted = {e.key: e for e in plan.episodes}
+    done: dict[EpisodeKey, EpisodeRecord] = {}
+    for r in journal.load(repair=True):
+        spec = wanted.get(r.key)
+        if spec is not None and (r.seed, r.budget, r.sample_index) == (
+            spec.seed,
+            spec.budget,
+            spec.sample_index,
+        ):
+            done.setdefault(r.key, r)
+    resumed = len(done)
+
+    example_keys = set(pick_examples(plan, examples)) if plots else set()
+    finals: dict[EpisodeKey, FinalState] = {}
+    resources = Resources(plan)
+    # Sample-major order: all policies on one image in a row, while its embedding is cached.
+    todo = sorted(
+        (e for e in plan.episodes if e.key not in done),
+        key=lambda e: (
+            e.segmenter,
+            e.dataset,
+            e.sample_index,
+            plan.config.policies.index(e.policy),
+        ),
+    )
+    bar = tqdm(
+        total=len(plan.episodes),
+        initial=resumed,
+        disable=not progress,
+        unit="ep",
+        desc="medseg-bench",
+        dynamic_ncols=True,
+    )
+    try:
+        for spec in todo:
+            bar.set_postfix_str(f"{spec.policy} {spec.sample_id}", refresh=False)
+            try:
+                record, final = resources.run(spec)
+            except Exception as err:
+                err.add_note(f"while running {spec.policy} on {spec.dataset}:{spec.sample_id}")
+                raise
+            journal.append(record)
+            done[spec.key] = record
+            if spec.key in example_keys:
+                finals[spec.key] = final
+            bar.update(1)
+        bar.close()
+        for key in example_keys:  # resumed examples: replay them (deterministic)
+            if key not in finals:
+                spec = wanted[key]
+                record, finals[key] = resources.run(spec)
+                if record.steps != done[key].steps:
+                    warnings.warn(
+                        f"replaying {key} for the examples figure gave a different episode "
+                        "than the recorded one: the policy or segmenter is not deterministic",
+                        stacklevel=2,
+                    )
+    finally:
+        bar.close()
+        resources.close()
+
+    records = [done[e.key] for e in plan.episodes]
+    rows = summarize(records)
+    timings = summarize_timings(records)
+    files = report.write_outputs(
+        out,
+        plan.config,
+        records,
+        rows,
+        timings,
+        results_doc=_results_doc(plan, rows),
+        run_info={
+            "resumed_episodes": resumed,
+            "executed_episodes": len(todo),
+            "wall_s": time.perf_counter() - started,
+            "timings": timings,
+        },
+        finals=[(k, finals[k]) for k in pick_examples(plan, examples) if k in finals]
+        if plots
+        else None,
+    )
+    markdown = report.markdown_summary(rows, timings, plan.config)
+    return BenchResult(out, plan.config, records, rows, resumed, len(todo), files, markdown)
+
+
+def pick_examples(plan: Plan, n: int) -> list[EpisodeKey]:
+    """Episodes for ``examples.png``: ``n`` samples of the first dataset x every policy.
+
+    The samples are the first selected one of each modality, then the next ones in order.
+    """
+    if n <= 0:
+        return []
+    spec, segmenter = plan.config.datasets[0], plan.config.segmenters[0]
+    ds, indices = plan.datasets[spec], plan.selected[spec]
+    firsts: dict[str, int] = {}
+    for i in indices:
+        firsts.setdefault(ds[i].modality, i)
+    chosen = sorted(firsts.values())
+    chosen = (chosen + [i for i in indices if i not in chosen])[:n]
+    return [
+        (policy, spec, segmenter, ds[i].sample_id)
+        for policy in plan.config.policies
+        for i in chosen
+    ]
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _config_doc(plan: Plan) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "config": plan.config.to_dict(),
+        "config_hash": plan.config.hash(),
+        "data": plan.fingerprints(),
+    }
+
+
+def _results_doc(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        **_config_doc(plan),
+        "seed": plan.config.seed,
+        "budgets": {p: plan.config.budget_for(p) for p in plan.config.policies},
+        "episodes": len(plan.episodes),
+        "versions": package_versions(),
+        "summary": rows,
+    }

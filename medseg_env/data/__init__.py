@@ -1,0 +1,43 @@
+"""Data layer: loaders that turn medical images + labels into :class:`Sample` datasets.
+
+Every loader returns a :class:`Dataset` of 2D samples, one per (image or slice, target), with
+the image windowed / normalised to ``(H, W, 3) uint8`` RGB and a ``bool`` mask.
+"""
+
+from medseg_env.data.dataset import Dataset
+from medseg_env.data.folder import load_folder
+from medseg_env.data.intensity import (
+    WINDOW_PRESETS,
+    apply_window,
+    normalize_percentile,
+    to_rgb_uint8,
+)
+from medseg_env.data.manifest import (
+    DatasetNotFoundError,
+    available_datasets,
+    demo_dataset,
+    load_dataset,
+    load_manifest,
+    register_dataset,
+)
+from medseg_env.data.nifti import load_nifti
+from medseg_env.data.npz import load_npz
+from medseg_env.data.sample import Sample
+
+__all__ = [
+    "WINDOW_PRESETS",
+    "Dataset",
+    "DatasetNotFoundError",
+    "Sample",
+    "apply_window",
+    "available_datasets",
+    "demo_dataset",
+    "load_dataset",
+    "load_folder",
+    "load_manifest",
+    "load_nifti",
+    "load_npz",
+    "normalize_percentile",
+    "register_dataset",
+    "to_rgb_uint8",
+]

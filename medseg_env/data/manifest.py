@@ -1,0 +1,310 @@
+"""Datasets by name or by path, and the JSON manifest format.
+
+:func:`load_dataset` accepts a :class:`Dataset`, a registered name (``"demo"``, or one added
+with :func:`register_dataset`), a ``(image, label)`` pair of NIfTI paths, or a path:
+
+* a manifest (``.json``; ``.yaml`` / ``.yml`` if PyYAML is installed),
+* a ``.npz`` file or a directory of ``.npz`` files,
+* a directory holding ``manifest.json``, or ``images/`` and ``masks/`` sub-folders,
+* a NIfTI image whose label sits next to it as ``<stem>_label``, ``_seg``, ``_mask`` or
+  ``_gt`` ``.nii[.gz]``, or in nnU-Net layout (``imagesTr/<case>_0000.nii.gz`` with
+  ``labelsTr/<case>.nii.gz``).
+
+Manifest format (relative paths resolve against the manifest's folder)::
+
+    {
+      "name": "liver_ct",                 # optional; default: the manifest file stem
+      "format": "nifti",                  # "nifti" | "npz" | "folder"  (required)
+      "modality": "CT",                   # optional loader options, for every item...
+      "window": "abdomen",                # preset, [level, width] or null (percentiles)
+      "label_map": {"1": "liver", "2": "tumour"},
+      "min_area": 16,
+      "items": [                          # required, non-empty
+        {"image": "img/case1.nii.gz", "label": "lbl/case1.nii.gz"},
+        {"image": "img/case2.nii.gz", "label": "lbl/case2.nii.gz", "id": "case2",
+         "window": "liver"}               # ...and per-item overrides
+      ]
+    }
+
+Item keys by format: ``nifti``: ``image``, ``label`` (optional ``id``: the source id);
+``npz``: ``path`` (a file or a directory); ``folder``: ``images``, ``masks`` (directories).
+Options by format: ``nifti``: modality, window, label_map, axis, min_area, slice_step,
+max_slices_per_target, transpose; ``npz``: modality, window, label_map, min_area, slice_step,
+max_slices_per_target, skip_empty; ``folder``: modality, window, label_map, min_area,
+mask_suffix, skip_empty. Unknown keys are errors (they are usually typos). Every path is
+checked before anything is loaded, and the items' sample ids must not collide.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from medseg_env.data.dataset import Dataset
+from medseg_env.data.folder import load_folder
+from medseg_env.data.nifti import load_nifti, nifti_stem
+from medseg_env.data.npz import load_npz, npz_samples
+from medseg_env.data.sample import Sample
+
+_ITEM_PATHS = {"nifti": ("image", "label"), "npz": ("path",), "folder": ("images", "masks")}
+_COMMON = {"modality", "window", "label_map", "min_area"}
+_OPTIONS = {
+    "nifti": _COMMON | {"axis", "slice_step", "max_slices_per_target", "transpose"},
+    "npz": _COMMON | {"slice_step", "max_slices_per_target", "skip_empty"},
+    "folder": _COMMON | {"mask_suffix", "skip_empty"},
+}
+_LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_gt")
+
+
+class DatasetNotFoundError(FileNotFoundError, ValueError):
+    """Neither a registered dataset name nor an existing path (catchable as either base)."""
+
+
+_REGISTRY: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str, loader: Callable[..., Dataset], *, overwrite: bool = False) -> None:
+    """Make ``load_dataset(name, **kwargs)`` call ``loader(**kwargs)``."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True)")
+    _REGISTRY[name] = loader
+
+
+def available_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+
+def _parse_manifest_text(text: str, where: str, yaml_syntax: bool) -> dict[str, Any]:
+    try:
+        if yaml_syntax:
+            try:
+                import yaml
+            except ImportError:
+                raise ValueError(f"{where}: reading YAML manifests needs PyYAML") from None
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise ValueError(f"manifest {where} is not valid: {err}") from err
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ValueError(f"manifest {where} is not valid: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"manifest {where}: the top level must be an object")
+    return data
+
+
+def _check_manifest(data: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+    """Validate the structure (not the files); return the format and the merged item options."""
+    fmt = data.get("format")
+    if fmt not in _ITEM_PATHS:
+        raise ValueError(
+            f"manifest {where}: format must be one of {sorted(_ITEM_PATHS)}; got {fmt!r}"
+        )
+    top_keys = {"name", "format", "items", "description"} | _OPTIONS[fmt]
+    unknown = sorted(set(data) - top_keys)
+    if unknown:
+        raise ValueError(f"manifest {where}: unknown key(s) {unknown} for format {fmt!r}")
+    items = data.get("items")
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"manifest {where}: 'items' must be a non-empty list")
+    defaults = {k: v for k, v in data.items() if k in _OPTIONS[fmt]}
+    merged = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"manifest {where}: item {i} must be an object; got {item!r}")
+        allowed = set(_ITEM_PATHS[fmt]) | _OPTIONS[fmt] | ({"id"} if fmt == "nifti" else set())
+        bad = sorted(set(item) - allowed)
+        if bad:
+            raise ValueError(f"manifest {where}: item {i} has unknown key(s) {bad}")
+        missing = [k for k in _ITEM_PATHS[fmt] if not isinstance(item.get(k), str)]
+        if missing:
+            raise ValueError(f"manifest {where}: item {i} lacks path key(s) {missing}")
+        options = {**defaults, **item}
+        if isinstance(options.get("window"), list):
+            options["window"] = tuple(options["window"])
+        merged.append(options)
+    return fmt, merged
+
+
+def _resolve(base: Traversable, rel: str) -> Traversable:
+    path = Path(rel)
+    if path.is_absolute():
+        return path
+    return base.joinpath(*path.parts)
+
+
+def _manifest_dataset(data: dict[str, Any], base: Traversable, where: str, name: str) -> Dataset:
+    fmt, items = _check_manifest(data, where)
+    # Check every file first: a missing item fails before anything is read.
+    missing = []
+    for item in items:
+        for key in _ITEM_PATHS[fmt]:
+            target = _resolve(base, item[key])
+            if not (target.is_file() or target.is_dir()):
+                missing.append(f"{key}={item[key]!r}")
+    if missing:
+        raise FileNotFoundError(f"manifest {where}: missing item path(s): {', '.join(missing)}")
+
+    samples: list[Sample] = []
+    for item in items:
+        opts = {k: v for k, v in item.items() if k not in _ITEM_PATHS[fmt] and k != "id"}
+        if fmt == "npz" and not isinstance(base, Path):
+            samples.extend(_traversable_npz(_resolve(base, item["path"]), **opts))
+            continue
+        if not isinstance(base, Path):
+            raise ValueError(f"manifest {where}: format {fmt!r} needs files on disk")
+        if fmt == "nifti":
+            ds = load_nifti(
+                base / item["image"], base / item["label"], source_id=item.get("id"), **opts
+            )
+        elif fmt == "npz":
+            ds = load_npz(base / item["path"], **opts)
+        else:
+            ds = load_folder(base / item["images"], base / item["masks"], **opts)
+        samples.extend(ds.samples)
+    return Dataset(samples, name=name)
+
+
+def _traversable_npz(entry: Traversable, **opts: Any) -> list[Sample]:
+    """An npz file inside a package (maybe zipped): read through ``open``, never a path."""
+    if entry.is_dir():
+        files = sorted(
+            (e for e in entry.iterdir() if e.name.endswith(".npz")), key=lambda e: e.name
+        )
+    else:
+        files = [entry]
+    skip_empty = opts.pop("skip_empty", False)
+    out: list[Sample] = []
+    for f in files:
+        with f.open("rb") as fh:
+            buffer = io.BytesIO(fh.read())
+        found = npz_samples(buffer, stem=f.name[: -len(".npz")], where=str(f), **opts)
+        if not found and not skip_empty:
+            raise ValueError(f"no target in {f}")
+        out.extend(found)
+    return out
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Dataset:
+    """Load the dataset a manifest file describes (format in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read manifest {path}: {err}") from err
+    data = _parse_manifest_text(text, str(path), path.suffix.lower() in (".yaml", ".yml"))
+    name = data.get("name") or path.stem
+    return _manifest_dataset(data, path.parent, str(path), str(name))
+
+
+# --- the bundled demo ----------------------------------------------------------------------------
+
+
+def demo_dataset() -> Dataset:
+    """The bundled demo: MR brain / breast and CT lung tumour slices plus microscopy nuclei.
+
+    Read with ``importlib.resources`` (works from a wheel, writes nothing); see
+    ``medseg_env/data/demo/PROVENANCE.md`` for sources and licences.
+    """
+    base = resources.files("medseg_env.data").joinpath("demo")
+    manifest = base.joinpath("manifest.json")
+    where = "medseg_env/data/demo/manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"the demo dataset is not installed ({where} missing)")
+    data = _parse_manifest_text(manifest.read_text(encoding="utf-8"), where, False)
+    return _manifest_dataset(data, base, where, str(data.get("name") or "demo"))
+
+
+register_dataset("demo", demo_dataset)
+
+
+# --- load_dataset --------------------------------------------------------------------------------
+
+
+def _find_nifti_label(image: Path) -> Path:
+    stem = nifti_stem(image)
+    ext = image.name[len(stem) :]
+    tried = [image.with_name(f"{stem}{suffix}{ext}") for suffix in _LABEL_SUFFIXES]
+    if image.parent.name.startswith("images") and stem.endswith("_0000"):
+        labels_dir = image.parent.with_name("labels" + image.parent.name[len("images") :])
+        tried.append(labels_dir / f"{stem[: -len('_0000')]}{ext}")
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no label found for NIfTI image {image}; tried {', '.join(str(t) for t in tried)}. "
+        "Pass (image, label) or a manifest instead."
+    )
+
+
+def load_dataset(
+    spec: Dataset | str | os.PathLike[str] | tuple[str, str], **kwargs: Any
+) -> Dataset:
+    """Resolve ``spec`` (see the module docstring) to a :class:`Dataset`.
+
+    ``kwargs`` go to the loader picked (e.g. ``modality=``, ``window=``, ``label_map=``);
+    manifests take their options from the file and accept none.
+
+    Raises:
+        DatasetNotFoundError: (a ``FileNotFoundError`` and a ``ValueError``) unknown name or
+            path; the message lists the registered names.
+    """
+    if isinstance(spec, Dataset):
+        if kwargs:
+            raise ValueError("load_dataset: options cannot be applied to an existing Dataset")
+        return spec
+    if isinstance(spec, tuple | list):
+        if len(spec) != 2:
+            raise ValueError(f"load_dataset: expected an (image, label) pair; got {spec!r}")
+        return load_nifti(spec[0], spec[1], **kwargs)
+    if not isinstance(spec, str | os.PathLike):
+        raise TypeError(f"load_dataset: unsupported spec type {type(spec).__name__}")
+    if isinstance(spec, str) and spec in _REGISTRY:
+        return _REGISTRY[spec](**kwargs)
+
+    path = Path(spec)
+    suffix = path.name.lower()
+    if path.is_file():
+        if suffix.endswith((".json", ".yaml", ".yml")):
+            if kwargs:
+                raise ValueError(
+                    f"load_dataset: manifest {path} takes no options ({sorted(kwargs)})"
+                )
+            return load_manifest(path)
+        if suffix.endswith(".npz"):
+            return load_npz(path, **kwargs)
+        if suffix.endswith((".nii", ".nii.gz")):
+            return load_nifti(path, _find_nifti_label(path), **kwargs)
+        raise ValueError(f"load_dataset: cannot tell the format of {path} (.json, .npz, .nii[.gz])")
+    if path.is_dir():
+        for manifest_name in ("manifest.json", "manifest.yaml", "manifest.yml"):
+            if (path / manifest_name).is_file():
+                if kwargs:
+                    raise ValueError(f"load_dataset: manifest in {path} takes no options")
+                return load_manifest(path / manifest_name)
+        if (path / "images").is_dir() and (path / "masks").is_dir():
+            return load_folder(path / "images", path / "masks", **kwargs)
+        if any(path.glob("*.npz")):
+            return load_npz(path, **kwargs)
+        raise ValueError(
+            f"load_dataset: directory {path} has no manifest.json, no images/ + masks/ "
+            "sub-folders and no .npz files"
+        )
+    raise DatasetNotFoundError(
+        f"unknown dataset {str(spec)!r}: not a registered name "
+        f"({', '.join(available_datasets())}) and no such file or directory"
+    )

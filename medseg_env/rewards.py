@@ -1,0 +1,194 @@
+"""Reward terms, their weighted composition, and the named presets.
+
+A reward is a weighted sum of named terms. Each term is a function of a ``StepContext`` (what
+the step changed) returning a float; the env reports every weighted term in
+``info["reward_terms"]``, and they add up to the reward.
+
+Adding your own term takes a few lines::
+
+    def boundary_bonus(ctx):               # ctx: medseg_env.rewards.StepContext
+        return float(ctx.dice > 0.9 and ctx.terminated)
+
+    env = gym.make("MedSeg-v0", reward={"dice_gain": 1.0, "step": -0.01, boundary_bonus: 0.5})
+    # or register it once and use it by name:
+    register_reward_term("boundary_bonus", boundary_bonus)
+    env = gym.make("MedSeg-v0", reward={"dice_gain": 1.0, "boundary_bonus": 0.5})
+
+Presets (``reward="..."``):
+
+- ``dice_gain`` (default): ``ΔDice − 0.01 per prompt − 0.05 per invalid action``.
+- ``iou_gain``: the same with IoU.
+- ``final_dice``: sparse, the Dice when the episode ends (stop or truncation), else 0.
+- ``medsam_agent``: the MedSAM-Agent paper's episode-level reward, as its public code computes
+  it, given when the episode ends: ``0.2·format + 0.8·clip01(0.5·IoU_T + 0.5·Dice_T −
+  (maxIoU − IoU_T) − 0.01·turns + 0.1·Σ max(0, ΔIoU))``. Here ``format`` is 1 when every action
+  of the episode was valid and 0 otherwise, and ``turns`` counts prompts (not the stop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+RewardTerm = Callable[["StepContext"], float]
+
+
+@dataclass(frozen=True, eq=False)
+class StepContext:
+    """Everything a reward term may look at after one step.
+
+    Masks are ``(S, S)`` bool arrays in observation pixels. ``ious`` and ``dices`` hold the
+    value after every turn so far, starting with the empty initial mask, so ``ious[-1]`` is
+    this step's IoU and ``len(ious) - 1`` the number of turns taken.
+    """
+
+    prev_mask: np.ndarray
+    mask: np.ndarray
+    ground_truth: np.ndarray
+    action: Mapping[str, Any]
+    kind: int
+    turn: int
+    valid: bool
+    invalid_reason: str | None
+    terminated: bool
+    truncated: bool
+    dice: float
+    dice_prev: float
+    iou: float
+    iou_prev: float
+    ious: tuple[float, ...]
+    num_prompts: int
+    num_invalid: int
+
+    @property
+    def episode_over(self) -> bool:
+        return self.terminated or self.truncated
+
+
+def dice_gain(ctx: StepContext) -> float:
+    return ctx.dice - ctx.dice_prev
+
+
+def iou_gain(ctx: StepContext) -> float:
+    return ctx.iou - ctx.iou_prev
+
+
+def step(ctx: StepContext) -> float:
+    """1 for every prompt (valid or not); the stop action is free."""
+    return float(ctx.kind != 0)
+
+
+def invalid_action(ctx: StepContext) -> float:
+    return float(not ctx.valid)
+
+
+def final_dice(ctx: StepContext) -> float:
+    return ctx.dice if ctx.episode_over else 0.0
+
+
+def final_iou(ctx: StepContext) -> float:
+    return ctx.iou if ctx.episode_over else 0.0
+
+
+def medsam_agent(ctx: StepContext) -> float:
+    """MedSAM-Agent's outcome + process reward, paid once when the episode ends."""
+    if not ctx.episode_over:
+        return 0.0
+    ious = np.asarray(ctx.ious)
+    positive_gains = float(np.clip(np.diff(ious), 0.0, None).sum())
+    quality = (
+        0.5 * ctx.iou
+        + 0.5 * ctx.dice
+        - (float(ious.max()) - ctx.iou)
+        - 0.01 * ctx.num_prompts
+        + 0.1 * positive_gains
+    )
+    fmt = float(ctx.num_invalid == 0)
+    return 0.2 * fmt + 0.8 * float(np.clip(quality, 0.0, 1.0))
+
+
+_TERMS: dict[str, RewardTerm] = {
+    "dice_gain": dice_gain,
+    "iou_gain": iou_gain,
+    "step": step,
+    "invalid_action": invalid_action,
+    "final_dice": final_dice,
+    "final_iou": final_iou,
+    "medsam_agent": medsam_agent,
+}
+
+PRESETS: dict[str, dict[str, float]] = {
+    "dice_gain": {"dice_gain": 1.0, "step": -0.01, "invalid_action": -0.05},
+    "iou_gain": {"iou_gain": 1.0, "step": -0.01, "invalid_action": -0.05},
+    "final_dice": {"final_dice": 1.0},
+    "medsam_agent": {"medsam_agent": 1.0},
+}
+
+
+def register_reward_term(name: str, term: RewardTerm) -> None:
+    """Make ``name`` usable in reward compositions."""
+    if not callable(term):
+        raise TypeError(f"reward term {name!r} must be callable; got {type(term).__name__}")
+    _TERMS[name] = term
+
+
+def reward_terms() -> list[str]:
+    return sorted(_TERMS)
+
+
+RewardSpec = (
+    str | RewardTerm | Mapping[str | RewardTerm, float] | Sequence[tuple[str | RewardTerm, float]]
+)
+
+
+class Reward:
+    """A weighted sum of named terms; call it with a ``StepContext``.
+
+    Args:
+        spec: a preset name, a single term (name or callable), a mapping ``{term: weight}``, or
+            a sequence of ``(term, weight)`` pairs, where a term is a registered name or a
+            callable taking a ``StepContext``.
+    """
+
+    def __init__(self, spec: RewardSpec = "dice_gain") -> None:
+        self.weights: dict[str, float] = {}
+        self.terms: dict[str, RewardTerm] = {}
+        if isinstance(spec, str):
+            pairs = list(PRESETS[spec].items()) if spec in PRESETS else [(spec, 1.0)]
+        elif callable(spec):
+            pairs = [(spec, 1.0)]
+        elif isinstance(spec, Mapping):
+            pairs = list(spec.items())
+        else:
+            pairs = list(spec)
+        if not pairs:
+            raise ValueError("reward composition is empty")
+        for term, weight in pairs:
+            name, fn = self._resolve(term)
+            if not np.isfinite(weight):
+                raise ValueError(f"reward weight of {name!r} must be finite; got {weight}")
+            if name in self.terms:
+                raise ValueError(f"reward term {name!r} appears twice")
+            self.terms[name] = fn
+            self.weights[name] = float(weight)
+
+    @staticmethod
+    def _resolve(term: str | RewardTerm) -> tuple[str, RewardTerm]:
+        if isinstance(term, str):
+            if term not in _TERMS:
+                raise ValueError(
+                    f"unknown reward term or preset {term!r}; presets: {sorted(PRESETS)}, "
+                    f"terms: {sorted(_TERMS)}"
+                )
+            return term, _TERMS[term]
+        if callable(term):
+            return getattr(term, "__name__", type(term).__name__), term
+        raise TypeError(f"a reward term is a name or a callable; got {term!r}")
+
+    def __call__(self, ctx: StepContext) -> tuple[float, dict[str, float]]:
+        """Return ``(reward, {term: weighted value})``."""
+        parts = {name: self.weights[name] * float(fn(ctx)) for name, fn in self.terms.items()}
+        return float(sum(parts.values())), parts

@@ -1,0 +1,166 @@
+"""The encode / prompt / decode logic shared by SAM-style models (SAM, MedSAM, LiteMedSAM).
+
+All of them resize the longest image side to ``input_size``, pad bottom/right to a square,
+encode once, and decode prompts with SAM's prompt encoder and mask decoder into 256×256
+low-resolution logits, which are cropped to the unpadded area and resized back.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Embedding, Prediction, Prompts, Segmenter
+from .cache import EmbeddingCache
+
+Normalization = Literal["minmax", "imagenet"]
+_IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+_IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (or None) picks CUDA when present, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class SamFamilySegmenter(Segmenter):
+    """A SAM-architecture segmenter built from its three modules.
+
+    Args:
+        image_encoder: maps ``(1, 3, S, S)`` to ``(1, C, S/16, S/16)`` (or similar).
+        prompt_encoder, mask_decoder: SAM's modules (``segment_anything.modeling``).
+        input_size: ``S``, the square side the encoder takes (256 LiteMedSAM, 1024 SAM).
+        normalization: ``"minmax"`` to [0, 1] per image (MedSAM, LiteMedSAM) or
+            ``"imagenet"`` mean/std on 0–255 values (SAM).
+        use_mask_input: feed the previous turn's logits back as SAM's ``mask_input``.
+        multimask_single_click: for a lone click with no box and no mask input, decode SAM's
+            three candidate masks and keep the one with the best predicted IoU (SAM's advice
+            for ambiguous prompts).
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        *,
+        input_size: int,
+        normalization: Normalization,
+        model_id: str,
+        prompt_kinds: frozenset[str] = frozenset({"box", "point"}),
+        use_mask_input: bool = True,
+        multimask_single_click: bool = True,
+        device: str | torch.device | None = "cpu",
+        cache: EmbeddingCache | None = None,
+    ) -> None:
+        super().__init__(cache)
+        if normalization not in ("minmax", "imagenet"):
+            raise ValueError(f"normalization must be 'minmax' or 'imagenet'; got {normalization!r}")
+        self.device = resolve_device(device)
+        self.image_encoder = image_encoder.to(self.device).eval()
+        self.prompt_encoder = prompt_encoder.to(self.device).eval()
+        self.mask_decoder = mask_decoder.to(self.device).eval()
+        self.input_size = int(input_size)
+        self.normalization = normalization
+        self.prompt_kinds = frozenset(prompt_kinds)
+        self.use_mask_input = use_mask_input
+        self.multimask_single_click = multimask_single_click
+        self._model_id = model_id
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 → ``(1, 3, S, S)`` float32: resized, normalised, zero-padded."""
+        height, width = image.shape[:2]
+        scale = self.input_size / max(height, width)
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        if (new_h, new_w) != (height, width):
+            x = F.interpolate(x, (new_h, new_w), mode="bilinear", antialias=True)
+        if self.normalization == "minmax":
+            lo, hi = x.min(), x.max()
+            x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+        else:
+            x = (x - _IMAGENET_MEAN) / _IMAGENET_STD
+        x = F.pad(x, (0, self.input_size - new_w, 0, self.input_size - new_h))
+        return x.to(self.device)
+
+    @torch.inference_mode()
+    def _encode(self, image: np.ndarray) -> Embedding:
+        features = self.image_encoder(self.preprocess(image)).float().cpu()
+        return Embedding(features, (int(image.shape[0]), int(image.shape[1])), self.model_id)
+
+    def prompt_tensors(
+        self, prompts: Prompts, image_size: tuple[int, int]
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """Pixel prompts → SAM's model-input coordinates (pixel indices at ``input_size``)."""
+        scale = self.input_size / max(image_size)
+        points = None
+        if len(prompts.points):
+            # SAM adds 0.5 to reach a pixel centre; our coordinates are continuous already.
+            coords = torch.as_tensor(prompts.points * scale - 0.5, dtype=torch.float32)
+            labels = torch.as_tensor(prompts.labels, dtype=torch.int64)
+            points = (coords[None].to(self.device), labels[None].to(self.device))
+        boxes = None
+        if prompts.box is not None:
+            boxes = torch.as_tensor(prompts.box * scale - 0.5, dtype=torch.float32)
+            boxes = boxes.view(1, 4).to(self.device)
+        return points, boxes
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        embedding: Embedding,
+        prompts: Prompts,
+        previous_logits: torch.Tensor | None = None,
+    ) -> Prediction:
+        self.check_prompts(prompts)
+        if embedding.model_id != self.model_id:
+            raise ValueError(
+                f"embedding was made by {embedding.model_id!r}, not by {self.model_id!r}"
+            )
+        points, boxes = self.prompt_tensors(prompts, embedding.image_size)
+        masks = None
+        if self.use_mask_input and previous_logits is not None:
+            masks = previous_logits.to(self.device, torch.float32)
+        multimask = (
+            self.multimask_single_click
+            and masks is None
+            and boxes is None
+            and points is not None
+            and points[0].shape[1] == 1
+        )
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, scores = self.mask_decoder(
+            image_embeddings=embedding.features.to(self.device),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        best = int(scores[0].argmax()) if multimask else 0
+        low_res = low_res[:, best : best + 1].float()
+        score = float(scores[0, best])
+        mask = self.upscale(low_res, embedding.image_size) > 0
+        return Prediction(low_res.cpu(), mask[0, 0].cpu().numpy(), score)
+
+    def upscale(self, low_res: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """``(B, 1, h, w)`` low-res logits → ``(B, 1, H, W)`` logits at the image's size."""
+        height, width = image_size
+        scale = self.input_size / max(height, width)
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        x = low_res
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, (self.input_size, self.input_size), mode="bilinear")
+        x = x[..., :new_h, :new_w]
+        if (new_h, new_w) != (height, width):
+            x = F.interpolate(x, (height, width), mode="bilinear")
+        return x

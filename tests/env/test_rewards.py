@@ -1,0 +1,108 @@
+"""Reward presets, composition, custom terms, and the MedSAM-Agent formula."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import gt_box_action
+
+from medseg_env import actions
+from medseg_env.rewards import PRESETS, Reward, StepContext, register_reward_term
+
+
+def ctx(**kw) -> StepContext:
+    empty = np.zeros((4, 4), bool)
+    base = dict(
+        prev_mask=empty,
+        mask=empty,
+        ground_truth=empty,
+        action=actions.stop(),
+        kind=3,
+        turn=1,
+        valid=True,
+        invalid_reason=None,
+        terminated=False,
+        truncated=False,
+        dice=0.0,
+        dice_prev=0.0,
+        iou=0.0,
+        iou_prev=0.0,
+        ious=(0.0, 0.0),
+        num_prompts=1,
+        num_invalid=0,
+    )
+    base.update(kw)
+    return StepContext(**base)
+
+
+def test_dice_gain_preset():
+    reward, terms = Reward("dice_gain")(ctx(dice=0.7, dice_prev=0.2))
+    assert terms == pytest.approx({"dice_gain": 0.5, "step": -0.01, "invalid_action": 0.0})
+    assert reward == pytest.approx(0.49)
+    reward, _ = Reward("dice_gain")(ctx(valid=False, invalid_reason="x"))
+    assert reward == pytest.approx(-0.06)
+    reward, terms = Reward("dice_gain")(ctx(kind=0, terminated=True))
+    assert reward == 0.0  # stopping is free
+
+
+def test_iou_gain_and_final_dice():
+    assert Reward("iou_gain")(ctx(iou=0.5, iou_prev=0.1))[0] == pytest.approx(0.39)
+    assert Reward("final_dice")(ctx(dice=0.8))[0] == 0.0
+    assert Reward("final_dice")(ctx(dice=0.8, truncated=True))[0] == pytest.approx(0.8)
+    assert Reward("final_dice")(ctx(dice=0.8, terminated=True))[0] == pytest.approx(0.8)
+
+
+def test_medsam_agent_formula_by_hand():
+    # ious over turns: 0 -> 0.6 -> 0.8 -> 0.7 (stop after 3 prompts)
+    c = ctx(terminated=True, iou=0.7, dice=2 * 0.7 / 1.7, ious=(0.0, 0.6, 0.8, 0.7), num_prompts=3)
+    quality = 0.5 * 0.7 + 0.5 * (1.4 / 1.7) - (0.8 - 0.7) - 0.03 + 0.1 * 0.8
+    assert Reward("medsam_agent")(c)[0] == pytest.approx(0.2 + 0.8 * quality)
+    # an invalid action anywhere loses the format part; the value is clipped to [0, 1]
+    bad = ctx(terminated=True, iou=0.0, dice=0.0, ious=(0.0, 0.0), num_invalid=1)
+    assert Reward("medsam_agent")(bad)[0] == 0.0
+    assert Reward("medsam_agent")(ctx(iou=0.9, ious=(0.0, 0.9)))[0] == 0.0  # not over yet
+
+
+def test_composition_with_callables_and_registered_terms():
+    def bonus(c: StepContext) -> float:
+        return float(c.dice > 0.5)
+
+    reward, terms = Reward({"dice_gain": 2.0, bonus: 0.5})(ctx(dice=0.6))
+    assert terms == pytest.approx({"dice_gain": 1.2, "bonus": 0.5})
+    assert reward == pytest.approx(1.7)
+    register_reward_term("test_bonus", bonus)
+    assert Reward([("test_bonus", 3.0)])(ctx(dice=0.9))[0] == 3.0
+    assert Reward(bonus)(ctx(dice=0.1))[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nope", "unknown reward"),
+        ({}, "empty"),
+        ({"step": float("nan")}, "finite"),
+        ([("step", 1.0), ("step", 2.0)], "twice"),
+        ({3: 1.0}, "name or a callable"),
+    ],
+)
+def test_bad_reward_specs(spec, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        Reward(spec)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_in_the_env_sum_their_terms(preset, small_demo):
+    env = gym.make("MedSeg-v0", dataset=small_demo, reward=preset, max_turns=2)
+    env.reset(seed=0)
+    total = 0.0
+    for action in (gt_box_action(env), actions.click(0.5, 0.5)):
+        _, reward, terminated, truncated, info = env.step(action)
+        assert reward == pytest.approx(sum(info["reward_terms"].values()))
+        assert set(info["reward_terms"]) == set(PRESETS[preset])
+        total += reward
+    assert truncated
+    if preset == "final_dice":
+        assert total == pytest.approx(info["dice"])
+    if preset == "medsam_agent":
+        assert 0.0 <= total <= 0.8  # the invalid click loses the 0.2 format part
