@@ -160,18 +160,15 @@ def run_benchmark(
             done.setdefault(r.key, r)
     resumed = len(done)
 
-    example_keys = set(pick_examples(plan, examples)) if plots else set()
+    example_list = pick_examples(plan, examples) if plots else []
+    example_keys = set(example_list)
     finals: dict[EpisodeKey, FinalState] = {}
     resources = Resources(plan)
     # Sample-major order: all policies on one image in a row, while its embedding is cached.
+    rank = {policy: i for i, policy in enumerate(plan.config.policies)}
     todo = sorted(
         (e for e in plan.episodes if e.key not in done),
-        key=lambda e: (
-            e.segmenter,
-            e.dataset,
-            e.sample_index,
-            plan.config.policies.index(e.policy),
-        ),
+        key=lambda e: (e.segmenter, e.dataset, e.sample_index, rank[e.policy]),
     )
     bar = tqdm(
         total=len(plan.episodes),
@@ -195,7 +192,7 @@ def run_benchmark(
                 finals[spec.key] = final
             bar.update(1)
         bar.close()
-        for key in example_keys:  # resumed examples: replay them (deterministic)
+        for key in example_list:  # resumed examples: replay them (deterministic)
             if key not in finals:
                 spec = wanted[key]
                 record, finals[key] = resources.run(spec)
@@ -225,9 +222,7 @@ def run_benchmark(
             "wall_s": time.perf_counter() - started,
             "timings": timings,
         },
-        finals=[(k, finals[k]) for k in pick_examples(plan, examples) if k in finals]
-        if plots
-        else None,
+        finals=[(k, finals[k]) for k in example_list] if plots else None,
     )
     markdown = report.markdown_summary(rows, timings, plan.config)
     return BenchResult(out, plan.config, records, rows, resumed, len(todo), files, markdown)

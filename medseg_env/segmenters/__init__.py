@@ -12,15 +12,20 @@ from .base import (
 )
 from .cache import EmbeddingCache, default_cache
 from .litemedsam import LiteMedSAM
+from .sam import SAM, MedSAM
 
 register_segmenter("litemedsam", LiteMedSAM)
+register_segmenter("sam", SAM)
+register_segmenter("medsam", MedSAM)
 
 __all__ = [
     "Embedding",
     "EmbeddingCache",
     "LiteMedSAM",
+    "MedSAM",
     "Prediction",
     "Prompts",
+    "SAM",
     "Segmenter",
     "UnsupportedPromptError",
     "default_cache",

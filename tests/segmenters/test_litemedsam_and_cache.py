@@ -8,6 +8,7 @@ import torch
 
 from medseg_env.metrics import bounding_box, dice
 from medseg_env.segmenters import (
+    SAM,
     EmbeddingCache,
     LiteMedSAM,
     Prompts,
@@ -35,7 +36,7 @@ def test_litemedsam_loads_offline_and_is_box_only():
 
 
 def test_box_prompt_segments_the_target(lung):
-    seg = LiteMedSAM(cache=EmbeddingCache())
+    seg = LiteMedSAM()  # the process-wide cache: the image is encoded once per run
     emb = seg.encode(lung.image)
     assert tuple(emb.features.shape) == (1, 256, 64, 64)
     pred = seg.predict(emb, Prompts(box=gt_box(lung.mask)))
@@ -49,14 +50,14 @@ def test_box_prompt_segments_the_target(lung):
 
 
 def test_points_are_refused_by_the_box_only_model(lung):
-    seg = LiteMedSAM(cache=EmbeddingCache())
+    seg = LiteMedSAM()  # the process-wide cache: the image is encoded once per run
     emb = seg.encode(lung.image)
     with pytest.raises(UnsupportedPromptError, match="point"):
         seg.predict(emb, Prompts().with_point(10, 10, True))
 
 
 def test_non_square_images_map_back_to_their_size(lung):
-    seg = LiteMedSAM(cache=EmbeddingCache())
+    seg = LiteMedSAM()  # the process-wide cache: the image is encoded once per run
     image, mask = lung.image[:, :200], lung.mask[:, :200]
     if not mask.any():
         pytest.skip("target outside the crop")
@@ -65,10 +66,16 @@ def test_non_square_images_map_back_to_their_size(lung):
     assert dice(pred.mask, mask) > 0.5
 
 
+def tiny_sam(cache: EmbeddingCache) -> SAM:
+    """A small, randomly initialised SAM: the cache logic does not depend on the backend."""
+    arch = {"embed_dim": 32, "depth": 1, "num_heads": 2, "global_attn": (0,)}
+    return SAM(model_type=arch, image_size=256, allow_random_init=True, cache=cache)
+
+
 def test_cache_is_lru_bounded_by_bytes_and_keyed_by_content(lung):
-    one = 256 * 64 * 64 * 4
+    one = 256 * 16 * 16 * 4  # float32 (1, 256, 16, 16) embeddings at 256 px input
     cache = EmbeddingCache(max_bytes=2 * one)
-    seg = LiteMedSAM(cache=cache)
+    seg = tiny_sam(cache)
     images = [lung.image, np.ascontiguousarray(lung.image[::-1]), lung.image[:, ::-1].copy()]
     for image in images:
         seg.encode(image)
@@ -80,22 +87,22 @@ def test_cache_is_lru_bounded_by_bytes_and_keyed_by_content(lung):
 
 
 def test_disk_cache_survives_a_new_process_and_ignores_damaged_entries(lung, tmp_path):
-    seg = LiteMedSAM(cache=EmbeddingCache(disk_dir=tmp_path))
+    seg = tiny_sam(EmbeddingCache(disk_dir=tmp_path))
     first = seg.encode(lung.image)
     files = list(tmp_path.rglob("*.safetensors"))
     assert len(files) == 1 and not list(tmp_path.rglob("*.tmp"))
-    fresh = LiteMedSAM(cache=EmbeddingCache(disk_dir=tmp_path))
+    fresh = tiny_sam(EmbeddingCache(disk_dir=tmp_path))
     second = fresh.encode(lung.image)
     assert fresh.encoder_calls == 0
     torch.testing.assert_close(first.features, second.features)
     files[0].write_bytes(b"not a safetensors file")
-    third = LiteMedSAM(cache=EmbeddingCache(disk_dir=tmp_path))
+    third = tiny_sam(EmbeddingCache(disk_dir=tmp_path))
     third.encode(lung.image)
     assert third.encoder_calls == 1
 
 
 def test_encode_rejects_bad_images():
-    seg = LiteMedSAM(cache=EmbeddingCache())
+    seg = LiteMedSAM()  # the process-wide cache: the image is encoded once per run
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         seg.encode(np.zeros((32, 32), np.uint8))
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
@@ -103,9 +110,9 @@ def test_encode_rejects_bad_images():
 
 
 def test_embedding_from_another_model_is_refused(lung):
-    seg = LiteMedSAM(cache=EmbeddingCache())
+    seg = LiteMedSAM()  # the process-wide cache: the image is encoded once per run
     emb = seg.encode(lung.image)
-    other = LiteMedSAM(cache=EmbeddingCache())
+    other = LiteMedSAM()
     other._model_id = "something-else"
     with pytest.raises(ValueError, match="not by"):
         other.predict(emb, Prompts(box=gt_box(lung.mask)))

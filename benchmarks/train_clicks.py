@@ -1,0 +1,504 @@
+"""Fine-tune LiteMedSAM's prompt encoder + mask decoder for click prompts (image encoder frozen).
+
+Recipe (SAM's interactive training, Kirillov et al. 2023, §A): each sample starts with a box
+or a click (50/50), then gets several rounds of corrective clicks taken from the error of the
+model's own previous prediction (the RITM simulator, ``medseg_agents.clickers``, with a random
+choice among near-maximal error pixels for variety). The previous low-res logits are fed back
+as ``mask_input`` (detached between rounds) and every round gets a BCE + Dice loss, later
+rounds weighted up. The image embeddings are computed once and cached (fp16), so training is
+decoder passes only.
+
+Training data (real images only from the sources below, plus procedural shapes); the
+held-out split (pyradiomics ``brain2``, ``lung2`` and the stardist nuclei rows 256-511) is
+never read, and ``assert_no_heldout`` checks it:
+
+* pyradiomics ``brain1``, ``lung1``, ``breast1``: every tumour slice, preprocessed exactly as
+  the demo (``medseg_env/data/demo/build_demo.py``), with the 8 flips / 90° rotations and
+  random zoom crops around the tumour;
+* stardist nuclei image rows 0-255: random 96-160 px crops resized to 128×128, each nucleus a
+  target;
+* the MNI152 2009a template (nilearn wheel): T1 slices with grey / white matter (> 127 of
+  0-255) connected components in random crops;
+* procedural shapes: ellipses / blobs with textured fore- and background.
+
+Usage::
+
+    python -m medseg_bench.train_clicks --out DIR --pyradiomics /tmp/src/pyradiomics \
+        --stardist /tmp/src/sd --nilearn /tmp/src/nl [--seed 0] [--iters 300] [--encode-only]
+
+Writes ``DIR/litemedsam_clicks.safetensors`` (prompt encoder + mask decoder state, prefixed
+``prompt_encoder.`` / ``mask_decoder.``), ``DIR/checkpoint_XXXX.safetensors`` every
+``--ckpt-every`` iterations, ``DIR/train_log.jsonl`` and ``DIR/config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from skimage.transform import resize
+
+from medseg_agents.clickers import next_click, padded_distance
+from medseg_env.data.intensity import percentile_range, rescale_to_uint8
+
+INPUT = 256  # LiteMedSAM's encoder input side
+HELDOUT_SOURCES = frozenset({"pyradiomics:brain2", "pyradiomics:lung2", "stardist:rows256-511"})
+TRAIN_CASES = ("brain1", "lung1", "breast1")
+
+
+@dataclass
+class Item:
+    """One training image (one encode) and its targets."""
+
+    name: str
+    source: str  # e.g. "pyradiomics:brain1"; checked against HELDOUT_SOURCES
+    image: np.ndarray  # (H, W, 3) uint8, H, W <= INPUT
+    targets: list[np.ndarray] = field(default_factory=list)  # (H, W) bool masks
+
+
+def assert_no_heldout(items: list[Item]) -> None:
+    """Training must never see a held-out case."""
+    sources = {it.source for it in items}
+    leaked = sources & HELDOUT_SOURCES
+    assert not leaked, f"held-out sources in the training set: {sorted(leaked)}"
+    for it in items:
+        assert "brain2" not in it.source and "lung2" not in it.source, it.source
+        assert "256-511" not in it.source, it.source
+
+
+def dihedral(arr: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips / 90° rotations (k in 0..7) of the first two axes."""
+    out = np.rot90(arr, k % 4, axes=(0, 1))
+    if k >= 4:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def min_area(mask: np.ndarray) -> int:
+    return int(mask.sum())
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def tumour_items(pyradiomics: Path, rng: np.random.Generator, zooms: int) -> list[Item]:
+    """Every tumour slice of the training cases, demo preprocessing, dihedral + zoom variants."""
+    from medseg_env.data.demo import build_demo
+
+    items = []
+    old = build_demo.MAX_SLICES
+    build_demo.MAX_SLICES = 10_000  # every slice, not the demo's spread of 6
+    try:
+        for case in TRAIN_CASES:
+            slices = build_demo.tumour_case(case, pyradiomics)
+            for k in (0, 5, 2, 7, 1, 4, 3, 6):  # variant-major: a partial cache stays varied
+                for stem, arrays in slices:
+                    grey, seg = arrays["imgs"][:, :, 0], arrays["gts"] > 0
+                    items.append(
+                        Item(f"{stem}_d{k}", f"pyradiomics:{case}", rgb(dihedral(grey, k)),
+                             [dihedral(seg, k)])
+                    )
+            for stem, arrays in slices:
+                grey, seg = arrays["imgs"][:, :, 0], arrays["gts"] > 0
+                for z in range(zooms):  # zoom crops centred near the tumour
+                    side = int(rng.integers(96, 200))
+                    rows, cols = np.nonzero(seg)
+                    cr = int(np.clip(rows.mean() + rng.integers(-20, 21) - side // 2, 0, 256 - side))
+                    cc = int(np.clip(cols.mean() + rng.integers(-20, 21) - side // 2, 0, 256 - side))
+                    g = resize(grey[cr : cr + side, cc : cc + side].astype(np.float32), (INPUT, INPUT),
+                               order=1, preserve_range=True)
+                    s = resize(seg[cr : cr + side, cc : cc + side].astype(np.float32), (INPUT, INPUT),
+                               order=0, preserve_range=True) > 0.5
+                    if s.sum() < 30:
+                        continue
+                    k = int(rng.integers(8))
+                    items.append(
+                        Item(f"{stem}_zoom{z}", f"pyradiomics:{case}",
+                             rgb(dihedral(np.clip(g, 0, 255).astype(np.uint8), k)), [dihedral(s, k)])
+                    )
+    finally:
+        build_demo.MAX_SLICES = old
+    return items
+
+
+def nuclei_items(stardist: Path, rng: np.random.Generator, n: int) -> list[Item]:
+    """Random crops of the top half (rows 0-255) of the stardist nuclei image."""
+    import tifffile
+
+    base = stardist / "stardist" / "data" / "images"
+    img = tifffile.imread(base / "img2d.tif")[:256]  # top half only: rows 256-511 are held out
+    mask = tifffile.imread(base / "mask2d.tif")[:256]
+    low, high = percentile_range(img)
+    grey = rescale_to_uint8(img, low, high)
+    items = []
+    for i in range(n):
+        side = int(rng.integers(96, 161))
+        r = int(rng.integers(0, 256 - side + 1))
+        c = int(rng.integers(0, img.shape[1] - side + 1))
+        g = resize(grey[r : r + side, c : c + side].astype(np.float32), (128, 128), order=1,
+                   preserve_range=True, anti_aliasing=side > 128)
+        lab = resize(mask[r : r + side, c : c + side], (128, 128), order=0, preserve_range=True,
+                     anti_aliasing=False).astype(np.int32)
+        k = int(rng.integers(8))
+        g, lab = dihedral(np.clip(g, 0, 255).astype(np.uint8), k), dihedral(lab, k)
+        targets = [lab == v for v in np.unique(lab[lab > 0]) if (lab == v).sum() >= 20]
+        if targets:
+            items.append(Item(f"nuclei_crop{i:03d}", "stardist:rows0-255", rgb(g), targets))
+    return items
+
+
+def mni_items(nilearn: Path, rng: np.random.Generator, n: int) -> list[Item]:
+    """MNI152 T1 slices (axial / coronal), crops with GM / WM connected components as targets."""
+    import nibabel as nib
+
+    data = nilearn / "nilearn" / "datasets" / "data"
+    load = lambda k: np.asarray(  # noqa: E731
+        nib.load(data / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz").dataobj, np.float32
+    )
+    t1, gm, wm = load("t1"), load("gm") > 127, load("wm") > 127
+    low, high = percentile_range(t1[t1 > 0])
+    items = []
+    for i in range(n):
+        axis = int(rng.integers(0, 3))
+        idx = int(rng.integers(int(0.3 * t1.shape[axis]), int(0.7 * t1.shape[axis])))
+        sl = [slice(None)] * 3
+        sl[axis] = idx
+        img, g, w = (np.rot90(v[tuple(sl)]) for v in (t1, gm, wm))
+        side = int(rng.integers(64, 161))
+        r = int(rng.integers(0, img.shape[0] - side + 1))
+        c = int(rng.integers(0, img.shape[1] - side + 1))
+        crop = lambda a: a[r : r + side, c : c + side]  # noqa: E731
+        grey = resize(crop(img), (INPUT, INPUT), order=1, preserve_range=True)
+        targets = []
+        for m in (crop(g), crop(w)):
+            m = resize(m.astype(np.float32), (INPUT, INPUT), order=0, preserve_range=True) > 0.5
+            lab, nlab = ndimage.label(m)
+            if nlab:
+                sizes = ndimage.sum(m, lab, range(1, nlab + 1))
+                for j in np.argsort(sizes)[::-1][:3]:  # the 3 largest components
+                    if 300 <= sizes[j] <= 0.5 * m.size:
+                        targets.append(lab == j + 1)
+        if targets:
+            items.append(Item(f"mni_{i:03d}", "nilearn:mni152", rgb(rescale_to_uint8(grey, low, high)),
+                              targets))
+    return items
+
+
+def shape_items(rng: np.random.Generator, n: int) -> list[Item]:
+    """Procedural images: 2-4 smooth blobs of varied contrast on a textured background."""
+    items = []
+    yy, xx = np.mgrid[0:INPUT, 0:INPUT].astype(np.float32)
+    for i in range(n):
+        bg = ndimage.gaussian_filter(rng.normal(0, 1, (INPUT, INPUT)), rng.uniform(2, 8))
+        img = 0.5 + 0.15 * bg / (bg.std() + 1e-6)
+        targets = []
+        occupied = np.zeros((INPUT, INPUT), bool)
+        for _ in range(int(rng.integers(2, 5))):
+            cy, cx = rng.uniform(30, INPUT - 30, 2)
+            a, b = rng.uniform(8, 50, 2)
+            th = rng.uniform(0, np.pi)
+            u = ((xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)) / a
+            v = (-(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)) / b
+            ang = np.arctan2(v, u)
+            wob = 1 + 0.25 * rng.uniform() * np.sin(int(rng.integers(2, 6)) * ang + rng.uniform(0, 6))
+            m = (u**2 + v**2) < wob**2
+            m &= ~occupied
+            if m.sum() < 60:
+                continue
+            occupied |= ndimage.binary_dilation(m, iterations=3)
+            tex = ndimage.gaussian_filter(rng.normal(0, 1, (INPUT, INPUT)), 1.5)
+            img = np.where(m, img + rng.choice([-1, 1]) * rng.uniform(0.1, 0.4) + 0.05 * tex, img)
+            targets.append(m)
+        img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 0.03, img.shape)
+        if targets:
+            items.append(Item(f"shape_{i:03d}", "procedural", rgb(rescale_to_uint8(img, 0, 1)),
+                              targets))
+    return items
+
+
+def build_items(args: argparse.Namespace) -> list[Item]:
+    rng = np.random.default_rng(args.seed)
+    items = tumour_items(args.pyradiomics, rng, args.zooms)
+    items += nuclei_items(args.stardist, rng, args.nuclei)
+    if args.nilearn is not None and args.mni > 0:
+        items += mni_items(args.nilearn, rng, args.mni)
+    items += shape_items(rng, args.shapes)
+    assert_no_heldout(items)
+    # Encode order: every source advances at the same pace, so that training on a partial
+    # cache (--cached-only, when the encoding budget runs out) still sees all sources.
+    pos: dict[str, int] = {}
+    keys = []
+    for it in items:
+        pos[it.source] = pos.get(it.source, 0) + 1
+        keys.append(pos[it.source])
+    total = {s: n for s, n in pos.items()}
+    order = sorted(range(len(items)), key=lambda i: (keys[i] / total[items[i].source], i))
+    return [items[i] for i in order]
+
+
+# --- embeddings ------------------------------------------------------------------------------
+
+
+def image_digest(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()[:20]
+
+
+def encode_all(items: list[Item], cache_dir: Path, device: torch.device) -> torch.Tensor:
+    """``(N, 256, 16, 16)`` fp16 embeddings, one file per image content in ``cache_dir``."""
+    from safetensors.torch import load_file, save_file
+
+    from medseg_env.segmenters import LiteMedSAM
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    seg = None
+    feats = []
+    t0 = time.time()
+    for i, it in enumerate(items):
+        path = cache_dir / f"{image_digest(it.image)}.safetensors"
+        if path.is_file():
+            feats.append(load_file(str(path))["f"])
+            continue
+        if seg is None:
+            seg = LiteMedSAM(device=device)
+        f = seg._encode(it.image).features.to(torch.float16).contiguous()
+        save_file({"f": f}, str(path))
+        feats.append(f)
+        print(f"encoded {i + 1}/{len(items)} {it.name} ({time.time() - t0:.0f}s)", flush=True)
+    return torch.cat(feats)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def random_error_click(
+    pred: np.ndarray, gt: np.ndarray, clicked: np.ndarray, rng: np.random.Generator, p_exact: float
+) -> tuple[int, int, bool]:
+    """The RITM click (probability ``p_exact``), else a random pixel of the chosen error
+    region whose distance to its border is at least half the maximum (varied but still deep)."""
+    click = next_click(pred, gt, clicked)
+    if click is None:  # perfect mask: re-click the deepest object pixel (a harmless no-op)
+        dt = padded_distance(gt)
+        r, c = np.unravel_index(int(np.argmax(dt)), dt.shape)
+        return int(r), int(c), True
+    if rng.uniform() < p_exact:
+        return click
+    positive = click[2]
+    region = (gt & ~pred) if positive else (pred & ~gt)
+    dt = padded_distance(region)
+    dt[clicked] = 0
+    rows, cols = np.nonzero(dt >= 0.5 * dt.max())
+    j = int(rng.integers(len(rows)))
+    return int(rows[j]), int(cols[j]), positive
+
+
+def jitter_box(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The target's box (x0, y0, x1, y1, continuous pixel coords) with up to 5 % jitter."""
+    rows, cols = np.nonzero(mask)
+    box = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32)
+    w, h = box[2] - box[0], box[3] - box[1]
+    noise = rng.uniform(-0.05, 0.05, 4) * np.array([w, h, w, h])
+    box = box + np.clip(noise, -5, 5)
+    hh, ww = mask.shape
+    box[[0, 2]] = np.clip(box[[0, 2]], 0, ww)
+    box[[1, 3]] = np.clip(box[[1, 3]], 0, hh)
+    return box
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample BCE + soft Dice, ``(B,)``."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return bce + dice
+
+
+def target_frame(mask: np.ndarray) -> torch.Tensor:
+    """GT in the model's padded 256×256 low-res frame."""
+    h, w = mask.shape
+    s = INPUT / max(h, w)
+    nh, nw = round(h * s), round(w * s)
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    if (nh, nw) != (h, w):
+        m = F.interpolate(m, (nh, nw), mode="nearest")
+    return F.pad(m, (0, INPUT - nw, 0, INPUT - nh))[0]
+
+
+def train(args: argparse.Namespace) -> None:
+    from safetensors.torch import save_file
+
+    from medseg_env.segmenters.litemedsam import load_litemedsam_modules
+    from medseg_env.segmenters.sam_family import SamFamilySegmenter, resolve_device
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    items = build_items(args)
+    n_targets = sum(len(it.targets) for it in items)
+    print(f"{len(items)} images, {n_targets} targets", flush=True)
+    if args.cached_only:  # the encoding budget ran out: train on the encoded images only
+        items = [it for it in items if (args.cache / f"{image_digest(it.image)}.safetensors").is_file()]
+        print(f"cached only: {len(items)} images, {sum(len(it.targets) for it in items)} targets")
+    feats = encode_all(items, args.cache, device)
+    if args.encode_only:
+        return
+
+    net = load_litemedsam_modules()
+    pe = copy.deepcopy(net.prompt_encoder).to(device).train()
+    md = copy.deepcopy(net.mask_decoder).to(device).train()
+    # A helper for prompt / frame conversions identical to inference (encoder unused).
+    helper = SamFamilySegmenter(
+        net.image_encoder, pe, md, input_size=INPUT, normalization="minmax", model_id="train"
+    )
+    pe.train(), md.train()
+    params = [p for p in list(pe.parameters()) + list(md.parameters()) if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, args.iters) / args.iters))
+    )
+    # Targets weighted so each source family gets a fair share of the batches.
+    pairs = [(i, j) for i, it in enumerate(items) for j in range(len(it.targets))]
+    fam = [items[i].source.split(":")[0] for i, _ in pairs]
+    fam_w = {"pyradiomics": 0.5, "stardist": 0.2, "nilearn": 0.1, "procedural": 0.2}
+    counts = {f: fam.count(f) for f in set(fam)}
+    w = np.array([fam_w[f] / counts[f] for f in fam])
+    w /= w.sum()
+    frames = {}
+
+    def save(path: Path) -> None:
+        state = {f"prompt_encoder.{k}": v for k, v in pe.state_dict().items()}
+        state |= {f"mask_decoder.{k}": v for k, v in md.state_dict().items()}
+        state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+        save_file(state, str(path), metadata={"seed": str(args.seed), "base": "litemedsam"})
+
+    (args.out / "config.json").write_text(
+        json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   indent=1)
+        + "\n"
+    )
+    log = (args.out / "train_log.jsonl").open("w")
+    image_pe = None
+    t0 = time.time()
+    for it_no in range(args.iters):
+        batch = [pairs[k] for k in rng.choice(len(pairs), args.batch, p=w)]
+        n_rounds = 1 + int(rng.integers(args.min_rounds, args.max_rounds + 1))
+        gts = [items[i].targets[j] for i, j in batch]
+        tgt = []
+        for (i, j), g in zip(batch, gts, strict=True):
+            if (i, j) not in frames:
+                frames[(i, j)] = target_frame(g)
+            tgt.append(frames[(i, j)])
+        tgt = torch.stack(tgt).to(device)
+        emb = torch.stack([feats[i] for i, _ in batch]).float().to(device)
+        use_box = rng.uniform(size=len(batch)) < args.p_box
+        boxes = [jitter_box(g, rng) if b else None for g, b in zip(gts, use_box, strict=True)]
+        pts: list[list[tuple[float, float, int]]] = [[] for _ in batch]
+        clicked = [np.zeros_like(g) for g in gts]
+        preds = [np.zeros_like(g) for g in gts]
+        prev = None
+        losses = []
+        opt.zero_grad()
+        weights = np.linspace(1.0, args.last_weight, n_rounds)
+        weights /= weights.sum()
+        for r in range(n_rounds):
+            for b, g in enumerate(gts):
+                if r == 0 and boxes[b] is not None:
+                    continue
+                row, col, pos = random_error_click(preds[b], g, clicked[b], rng, args.p_exact)
+                clicked[b][row, col] = True
+                pts[b].append((col + 0.5, row + 0.5, int(pos)))
+            sparse, dense = [], []
+            for b, g in enumerate(gts):
+                from medseg_env.segmenters.base import Prompts
+
+                arr = np.array(pts[b], np.float32).reshape(-1, 3)
+                prompts = Prompts(arr[:, :2], arr[:, 2].astype(np.int64), boxes[b])
+                points, box_t = helper.prompt_tensors(prompts, g.shape)
+                mask_in = prev[b : b + 1] if prev is not None else None
+                s, d = pe(points=points, boxes=box_t, masks=mask_in)
+                sparse.append(s)
+                dense.append(d)
+            if image_pe is None:
+                image_pe = pe.get_dense_pe()
+            low_res, _ = md(
+                image_embeddings=emb,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=torch.cat(sparse),
+                dense_prompt_embeddings=torch.cat(dense),
+                multimask_output=False,
+            )
+            loss = dice_bce(low_res, tgt).mean()
+            (loss * float(weights[r])).backward()
+            losses.append(float(loss))
+            prev = low_res.detach()
+            with torch.no_grad():
+                for b, g in enumerate(gts):
+                    preds[b] = (helper.upscale(prev[b : b + 1], g.shape) > 0)[0, 0].cpu().numpy()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        rec = {"iter": it_no + 1, "rounds": n_rounds, "loss_first": losses[0],
+               "loss_last": losses[-1], "lr": sched.get_last_lr()[0],
+               "elapsed_s": round(time.time() - t0, 1)}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        if (it_no + 1) % 10 == 0:
+            print(json.dumps(rec), flush=True)
+        if (it_no + 1) % args.ckpt_every == 0:
+            save(args.out / f"checkpoint_{it_no + 1:04d}.safetensors")
+    save(args.out / "litemedsam_clicks.safetensors")
+    print(f"done in {time.time() - t0:.0f}s -> {args.out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--pyradiomics", type=Path, default=Path("/tmp/src/pyradiomics"))
+    p.add_argument("--stardist", type=Path, default=Path("/tmp/src/sd"))
+    p.add_argument("--nilearn", type=Path, default=Path("/tmp/src/nl"))
+    p.add_argument("--cache", type=Path, default=None, help="embedding cache (default OUT/emb)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zooms", type=int, default=3, help="zoom crops per tumour slice")
+    p.add_argument("--nuclei", type=int, default=40, help="nuclei crops")
+    p.add_argument("--mni", type=int, default=16, help="MNI152 crops")
+    p.add_argument("--shapes", type=int, default=20, help="procedural images")
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--min-rounds", type=int, default=3, help="corrective rounds, min")
+    p.add_argument("--max-rounds", type=int, default=6, help="corrective rounds, max")
+    p.add_argument("--last-weight", type=float, default=2.0, help="loss weight of the last round")
+    p.add_argument("--p-box", type=float, default=0.5, help="probability to start with a box")
+    p.add_argument("--p-exact", type=float, default=0.5, help="probability of the exact RITM click")
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--encode-only", action="store_true")
+    p.add_argument("--cached-only", action="store_true", help="skip images not in --cache")
+    args = p.parse_args(argv)
+    if args.cache is None:
+        args.cache = args.out / "emb"
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

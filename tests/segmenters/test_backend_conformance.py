@@ -1,0 +1,136 @@
+"""One conformance suite shared by every segmenter backend.
+
+LiteMedSAM runs with its real weights. SAM and MedSAM have no weights we may ship, so they run
+as real, randomly initialised models of their architecture (a small ViT encoder at 256 px);
+their checkpoint path is tested by saving and reloading such a model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg_env.metrics import bounding_box
+from medseg_env.segmenters import (
+    SAM,
+    EmbeddingCache,
+    MedSAM,
+    Prompts,
+    Segmenter,
+    UnsupportedPromptError,
+    make_segmenter,
+)
+
+TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn": (1,)}
+
+
+def build(name: str, **kw) -> Segmenter:
+    if name == "litemedsam":
+        return make_segmenter("litemedsam", cache=EmbeddingCache(), **kw)
+    return make_segmenter(
+        name, model_type=TINY, image_size=256, allow_random_init=True, cache=EmbeddingCache(), **kw
+    )
+
+
+BACKENDS = ["litemedsam", "sam", "medsam"]
+
+
+@pytest.fixture(scope="module")
+def backends() -> dict[str, Segmenter]:
+    """One instance per backend for the module, so each image is encoded once."""
+    return {name: build(name) for name in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def sample(demo):
+    return next(s for s in demo if s.modality == "MR")
+
+
+def box_of(mask):
+    r0, c0, r1, c1 = bounding_box(mask)
+    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_encode_predict_contract(name, sample, backends):
+    seg = backends[name]
+    calls = seg.encoder_calls
+    emb = seg.encode(sample.image)
+    assert emb.image_size == sample.mask.shape and emb.model_id == seg.model_id
+    prompts = Prompts(box=box_of(sample.mask)) if seg.supports("box") else Prompts()
+    if seg.supports("point"):
+        r, c = np.argwhere(sample.mask)[0]
+        prompts = prompts.with_point(c + 0.5, r + 0.5, True)
+    first = seg.predict(emb, prompts)
+    assert first.mask.shape == sample.mask.shape and first.mask.dtype == bool
+    # low-res logits at SAM's mask-input size (4x the embedding grid), fed back next turn
+    assert tuple(first.logits.shape[2:]) == tuple(seg.prompt_encoder.mask_input_size)
+    assert first.logits.shape[:2] == (1, 1) and np.isfinite(first.score)
+    # deterministic, and the previous logits are accepted as mask input
+    np.testing.assert_array_equal(seg.predict(emb, prompts).mask, first.mask)
+    second = seg.predict(emb, prompts, first.logits)
+    assert second.mask.shape == sample.mask.shape
+    # the second encode of the same content is served by the cache
+    seg.encode(sample.image.copy())
+    assert seg.encoder_calls == calls + 1
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_declared_prompt_kinds_are_enforced(name, sample, backends):
+    seg = backends[name]
+    emb = seg.encode(sample.image)
+    for kind, prompts in (
+        ("point", Prompts().with_point(5.0, 5.0, True)),
+        ("box", Prompts(box=np.array([2, 2, 30, 30], np.float32))),
+    ):
+        if seg.supports(kind):
+            seg.predict(emb, prompts)
+        else:
+            with pytest.raises(UnsupportedPromptError, match=kind):
+                seg.predict(emb, prompts)
+
+
+def test_expected_prompt_kinds(backends):
+    assert backends["litemedsam"].prompt_kinds == {"box"}
+    assert backends["sam"].prompt_kinds == {"box", "point"}
+    assert backends["medsam"].prompt_kinds == {"box"}
+
+
+def test_sam_checkpoint_round_trip(tmp_path, sample, backends):
+    random_model = backends["sam"]
+    state = {
+        **{f"image_encoder.{k}": v for k, v in random_model.image_encoder.state_dict().items()},
+        **{f"prompt_encoder.{k}": v for k, v in random_model.prompt_encoder.state_dict().items()},
+        **{f"mask_decoder.{k}": v for k, v in random_model.mask_decoder.state_dict().items()},
+    }
+    path = tmp_path / "tiny_sam.pth"
+    torch.save({"model": state}, path)
+    loaded = SAM(path, model_type=TINY, image_size=256, cache=EmbeddingCache())
+    prompts = Prompts(box=box_of(sample.mask))
+    a = random_model.predict(random_model.encode(sample.image), prompts)
+    b = loaded.predict(loaded.encode(sample.image), prompts)
+    torch.testing.assert_close(a.logits, b.logits)
+    assert loaded.model_id != random_model.model_id
+    # the other random seed gives other weights
+    other = build("sam", seed=4)
+    assert other.model_id != random_model.model_id
+    c = other.predict(other.encode(sample.image), prompts)
+    assert not torch.allclose(a.logits, c.logits)
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="needs checkpoint=PATH"):
+        SAM()
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        SAM(tmp_path / "missing.pth", model_type=TINY, image_size=256)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt.pth"):
+        MedSAM(corrupt, model_type=TINY, image_size=256)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"mask_decoder.foo": torch.zeros(1)}, wrong)
+    with pytest.raises(ValueError, match="wrong.pth.*does not fit"):
+        SAM(wrong, model_type=TINY, image_size=256)
+    with pytest.raises(ValueError, match="unknown SAM model_type"):
+        SAM(model_type="vit_x", allow_random_init=True)
