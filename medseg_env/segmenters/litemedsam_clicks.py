@@ -68,7 +68,10 @@ def load_click_modules(
     state = load_file(str(weights), device="cpu")
     net = load_litemedsam_modules()
     modules = []
-    for prefix, module in (("prompt_encoder.", net.prompt_encoder), ("mask_decoder.", net.mask_decoder)):
+    for prefix, module in (
+        ("prompt_encoder.", net.prompt_encoder),
+        ("mask_decoder.", net.mask_decoder),
+    ):
         module = copy.deepcopy(module)  # the shared original stays untouched
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         module.load_state_dict(sub, strict=True)

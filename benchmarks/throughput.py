@@ -1,0 +1,100 @@
+"""Speed of the environment's parts, measured in one run so their ratios can be compared.
+
+``python -m medseg_bench.throughput [--repeats N] [--segmenter NAME] [--json PATH]``
+
+Prints milliseconds per call (median over repeats) for: a cold reset (image encode), a warm
+reset (cached embedding), a box step (one decoder call), an invalid step (no model call), the
+per-step metrics, and the surface metrics the benchmark adds. Machines here are shared and
+noisy: compare ratios within one run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import gymnasium as gym
+import torch
+
+import medseg_env  # noqa: F401  (registers the envs)
+from medseg_env import actions
+from medseg_env.metrics import bounding_box, dice_iou, hd95, nsd
+from medseg_env.segmenters import EmbeddingCache
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def measure(segmenter: str, repeats: int) -> dict[str, float]:
+    cache = EmbeddingCache()
+    env = gym.make("MedSeg-v0", segmenter=segmenter, segmenter_kwargs={"cache": cache})
+    base = env.unwrapped
+    n = len(base.dataset)
+    cold_indices = iter(range(n))
+
+    def cold_reset():
+        cache.clear()
+        env.reset(options={"sample_index": next(cold_indices) % n})
+
+    results = {"cold_reset_ms": median_ms(cold_reset, min(repeats, 5))}
+    results["warm_reset_ms"] = median_ms(lambda: env.reset(options={"sample_index": 0}), repeats)
+    env.reset(options={"sample_index": 0})
+    r0, c0, r1, c1 = bounding_box(base.ground_truth)
+    box = actions.pixel_box(r0, c0, r1, c1, base.obs_size)
+    degenerate = actions.box(0.5, 0.5, 0.5, 0.5)
+
+    def fresh_step(action):
+        def run():
+            env.reset(options={"sample_index": 0})
+            env.step(action)
+
+        return run
+
+    reset_ms = results["warm_reset_ms"]
+    results["box_step_ms"] = median_ms(fresh_step(box), repeats) - reset_ms
+    results["invalid_step_ms"] = median_ms(fresh_step(degenerate), repeats) - reset_ms
+    mask, gt = base.current_mask, base.ground_truth
+    env.step(box)
+    mask = base.current_mask
+    results["dice_iou_ms"] = median_ms(lambda: dice_iou(mask, gt), repeats * 10)
+    results["nsd_ms"] = median_ms(lambda: nsd(mask, gt, (1.0, 1.0), 2.0), repeats)
+    results["hd95_ms"] = median_ms(lambda: hd95(mask, gt, (1.0, 1.0)), repeats)
+    results["box_steps_per_s"] = 1000 / max(results["box_step_ms"], 1e-6)
+    results["invalid_steps_per_s"] = 1000 / max(results["invalid_step_ms"], 1e-6)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--segmenter", default="litemedsam")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    results = measure(args.segmenter, args.repeats)
+    meta = {
+        "segmenter": args.segmenter,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cuda": torch.cuda.is_available(),
+    }
+    print(f"# throughput ({meta})")
+    for key, value in results.items():
+        print(f"{key:>22}: {value:10.2f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"meta": meta, "results": results}, handle, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    main()
