@@ -12,9 +12,11 @@ from .base import (
 )
 from .cache import EmbeddingCache, default_cache
 from .litemedsam import LiteMedSAM
+from .litemedsam_clicks import LiteMedSAMClicks
 from .sam import SAM, MedSAM
 
 register_segmenter("litemedsam", LiteMedSAM)
+register_segmenter("litemedsam_clicks", LiteMedSAMClicks)
 register_segmenter("sam", SAM)
 register_segmenter("medsam", MedSAM)
 
@@ -22,6 +24,7 @@ __all__ = [
     "Embedding",
     "EmbeddingCache",
     "LiteMedSAM",
+    "LiteMedSAMClicks",
     "MedSAM",
     "Prediction",
     "Prompts",

@@ -186,3 +186,19 @@ def test_unknown_options_and_bad_config_are_refused(small_demo):
         gym.make("MedSeg-v0", dataset=small_demo, reward="nope")
     with pytest.raises(ValueError, match="render_mode"):
         MedSegEnv(dataset=small_demo, render_mode="human")
+
+
+def test_env_on_user_data_given_by_path(tmp_path, demo):
+    """Bring-your-own data: a MedSAM-style npz written here, loaded by path, non-square."""
+    sample = next(s for s in demo if s.modality == "CT")
+    image = sample.image[:, 32:224, 0]  # (256, 192) grey
+    labels = sample.mask[:, 32:224].astype(np.uint8) * 3
+    np.savez(tmp_path / "case.npz", imgs=image, gts=labels, spacing=np.array([0.8, 0.8]))
+    env = gym.make("MedSeg-v0", dataset=str(tmp_path / "case.npz"), obs_size=128)
+    obs, info = env.reset(seed=0)
+    assert obs["image"].shape == (128, 128, 3) and info["target"] == "label_3"
+    # letterboxed: the 192 columns become 96 of 128, the rest is padding
+    assert obs["image"][:, 96:].max() == 0
+    assert info["spacing"] == pytest.approx((1.6, 1.6))
+    _, _, _, _, info = env.step(gt_box_action(env))
+    assert info["dice"] > 0.5
