@@ -215,11 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curve", type=int, default=10, help="clicks always run before stopping")
     p.add_argument("--max-nuclei", type=int, default=40, help="nuclei subset (0 = all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=None, help="held-out embedding cache (fp32)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
     import torch
+    from safetensors.torch import load_file, save_file
 
+    from medseg_bench.train_clicks import image_digest
     from medseg_env.segmenters.litemedsam import LiteMedSAM, load_litemedsam_modules
     from medseg_env.segmenters.litemedsam_clicks import LiteMedSAMClicks, file_sha256
 
@@ -249,8 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     feats = {}  # one encode per image: both models share the image encoder
     for t in targets:
         key = t["name"].split("#")[0]
-        if key not in feats:
-            feats[key] = original._encode(t["image"]).features
+        if key in feats:
+            continue
+        path = args.cache / f"{image_digest(t['image'])}.safetensors" if args.cache else None
+        if path is not None and path.is_file():
+            feats[key] = load_file(str(path))["f"]
+            continue
+        feats[key] = original._encode(t["image"]).features
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"f": feats[key].contiguous()}, str(path))
     print(
         f"{len(targets)} targets, {len(feats)} images encoded in {time.time() - t0:.0f}s",
         flush=True,

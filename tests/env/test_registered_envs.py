@@ -83,3 +83,13 @@ def test_ppo_trains_a_few_steps(small_demo):
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
     assert env.action_space.contains(action)
+
+
+def test_sync_vector_env(small_demo):
+    envs = gym.make_vec("MedSeg-v0", num_envs=2, vectorization_mode="sync", dataset=small_demo)
+    obs, infos = envs.reset(seed=[0, 1])
+    assert obs["image"].shape == (2, 256, 256, 3) and obs["mask"].shape == (2, 256, 256, 1)
+    envs.action_space.seed(0)
+    obs, rewards, terminated, truncated, infos = envs.step(envs.action_space.sample())
+    assert rewards.shape == (2,) and "dice" in infos
+    envs.close()
