@@ -10,8 +10,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-from medseg_agents import Policy
 
+from medseg_agents import Policy
 from medseg_env import actions as A
 from medseg_env.data import Dataset
 from medseg_env.metrics import bounding_box

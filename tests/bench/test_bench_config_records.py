@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from medseg_bench.config import (
     BenchConfig,
     BenchError,

@@ -11,10 +11,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+
 from medseg_bench import BenchConfig, BenchError, run_benchmark
 from medseg_bench.plan import select_samples
 from medseg_bench.records import Journal
-
 from medseg_env.data import Dataset, demo_dataset
 
 CONFIG = BenchConfig(policies=("boxer", "clicker"), datasets=("tiny",), budget=3, seed=7)

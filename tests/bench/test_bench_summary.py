@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from medseg_bench.records import EpisodeRecord, Step
 from medseg_bench.summary import (
     dice_curves,
