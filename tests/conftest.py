@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 import pytest
 
 import medseg_env  # noqa: F401  (registers the envs)
@@ -31,35 +30,3 @@ def env(small_demo: Dataset):
     env = gym.make("MedSeg-v0", dataset=small_demo, max_turns=5)
     yield env
     env.close()
-
-
-def gt_box_action(env: gym.Env):
-    """The ground-truth box of the current episode, through the documented oracle attribute."""
-    from medseg_env import actions
-    from medseg_env.metrics import bounding_box
-
-    r0, c0, r1, c1 = bounding_box(env.unwrapped.ground_truth)
-    return actions.pixel_box(r0, c0, r1, c1, env.unwrapped.obs_size)
-
-
-def assert_same_step(a, b) -> None:
-    """Two step/reset results are identical (observations, rewards, flags, infos)."""
-    assert type(a) is type(b) and len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        if isinstance(x, dict):
-            assert x.keys() == y.keys()
-            for k in x:
-                assert_same_value(x[k], y[k])
-        else:
-            assert_same_value(x, y)
-
-
-def assert_same_value(x, y) -> None:
-    if isinstance(x, np.ndarray):
-        np.testing.assert_array_equal(x, y)
-    elif isinstance(x, dict):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert_same_value(x[k], y[k])
-    else:
-        assert x == y

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-from conftest import gt_box_action
+from medseg_testing import gt_box_action
 
 
 def test_oracle_box_mean_dice_on_bundled_data(demo):

@@ -7,7 +7,7 @@ import pickle
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import assert_same_step, gt_box_action
+from medseg_testing import assert_same_step, gt_box_action
 
 from medseg_env import MedSegEnv, actions
 from medseg_env.metrics import dice_iou

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import gt_box_action
+from medseg_testing import gt_box_action
 
 from medseg_env import actions
 from medseg_env.rewards import PRESETS, Reward, StepContext, register_reward_term
