@@ -204,8 +204,8 @@ class HybridExpert(Policy):
 
     Then each turn: stop if the IoU (``info["iou"]``) is at least ``target_iou``; otherwise draw
     up to ``max_tries`` candidates — a ``hybrid_click`` in the largest error region where the
-    segmenter takes points, else a box refinement (a ground-truth box with the smaller
-    ``refine_jitter_frac``) — and send the first whose ``env.unwrapped.preview`` mask raises
+    segmenter takes points, else a box refinement (a ground-truth box with the smaller,
+    shrinking ``refine_jitter_frac``) — and send the first whose ``env.unwrapped.preview`` mask raises
     the IoU by at least ``tau``. If none does, stop. Each candidate costs one decoder call.
 
     Deterministic given the seed: the random draws happen in a fixed order and the previews
@@ -214,7 +214,8 @@ class HybridExpert(Policy):
     Args:
         box_jitter_frac: maximum shift of each side of the first box, as a fraction of the box
             height/width (0.1).
-        refine_jitter_frac: the same for box refinements on box-only segmenters (0.05).
+        refine_jitter_frac: the same for box refinements on box-only segmenters (0.05); it
+            shrinks linearly over a turn's tries, so the last try is the exact box.
         tau: minimum IoU gain for a candidate to be kept (0.01).
         max_tries: candidates drawn per turn before giving up and stopping (5).
         target_iou: stop once the IoU reaches this (0.9).
@@ -264,15 +265,20 @@ class HybridExpert(Policy):
         if current >= self.target_iou or not (can_click or can_box):
             return A.stop()
         clicked = clicked_mask(base.prompts.points, gt.shape)
-        for _ in range(self.max_tries):
+        for attempt in range(self.max_tries):
             if can_click:
                 click = hybrid_click(pred, gt, self.rng, clicked, self.depth_ratio)
                 if click is None:  # nothing left to fix
                     break
                 candidate = click_action(click, gt.shape[0])
             else:
+                # the jitter shrinks over the tries, down to the exact box on the last one
+                shrink = 1.0 - attempt / max(self.max_tries - 1, 1)
                 candidate = oracle_box_action(
-                    gt, self.rng, jitter_frac=self.refine_jitter_frac, min_side=_min_side(base)
+                    gt,
+                    self.rng,
+                    jitter_frac=self.refine_jitter_frac * shrink,
+                    min_side=_min_side(base),
                 )
             mask, invalid = base.preview(candidate)
             if invalid is None and iou(mask, gt) >= current + self.tau:

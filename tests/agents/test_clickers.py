@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from medseg_agents import IMISClicker, RITMClicker
-from medseg_agents.clickers import clicked_mask, imis_click, next_click, padded_distance
 from scipy.spatial.distance import cdist
 
+from medseg_agents import IMISClicker, RITMClicker
+from medseg_agents.clickers import clicked_mask, imis_click, next_click, padded_distance
 from medseg_env import actions
 from medseg_env.data import Dataset, Sample
 from medseg_env.env import MedSegEnv

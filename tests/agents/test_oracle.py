@@ -8,9 +8,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+
 from medseg_agents import HybridExpert, OracleBox
 from medseg_agents.oracle import hybrid_click, jittered_box, oracle_box_action
-
 from medseg_env import actions
 from medseg_env.data import Dataset, Sample
 from medseg_env.env import MedSegEnv

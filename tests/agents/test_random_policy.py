@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import medseg_agents
 import numpy as np
 import pytest
+
+import medseg_agents
 from medseg_agents import (
     POLICIES,
     HybridExpert,
@@ -17,7 +18,6 @@ from medseg_agents import (
     RITMClicker,
     make_policy,
 )
-
 from medseg_env import actions
 
 SPACE = actions.action_space()
