@@ -167,9 +167,14 @@ class _Clicker(Policy):
 
     needs_oracle = True
 
-    def __init__(self, first_box: bool = False, seed: int | None = None) -> None:
+    def __init__(
+        self, first_box: bool = False, stop_iou: float | None = None, seed: int | None = None
+    ) -> None:
         super().__init__(seed)
+        if stop_iou is not None and not 0.0 < stop_iou <= 1.0:
+            raise ValueError(f"stop_iou must be in (0, 1] or None; got {stop_iou}")
         self.first_box = first_box
+        self.stop_iou = stop_iou
 
     def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
         base = self._oracle(env)
@@ -180,6 +185,8 @@ class _Clicker(Policy):
             from .oracle import oracle_box_action  # oracle.py imports this module
 
             return oracle_box_action(gt, min_side=getattr(base, "min_box_size", 1.0))
+        if self.stop_iou is not None and float(info.get("iou", 0.0)) >= self.stop_iou:
+            return click_action(None, gt.shape[0])  # RITM's evaluation stops at max_iou_thr
         pred = np.asarray(obs["mask"])[..., 0] > 0
         return click_action(self._click(pred, gt, base, info), gt.shape[0])
 
@@ -195,6 +202,8 @@ class RITMClicker(_Clicker):
 
     Args:
         first_box: make the first action the exact ground-truth box (for box-only models).
+        stop_iou: stop once the IoU reaches this (RITM's evaluation uses 0.9, its
+            ``max_iou_thr``); None clicks until the budget runs out or the mask is perfect.
         seed: unused (the policy is deterministic); kept for a uniform constructor.
     """
 
@@ -214,15 +223,20 @@ class IMISClicker(_Clicker):
     Args:
         first_box: make the first action the exact ground-truth box (for box-only models).
         top_ratio: share of foreground pixels nearest the centroid for the first click (0.5).
+        stop_iou: stop once the IoU reaches this; None clicks until the budget runs out.
         seed: seeds ``self.rng``.
     """
 
     name = "imis"
 
     def __init__(
-        self, first_box: bool = False, top_ratio: float = 0.5, seed: int | None = None
+        self,
+        first_box: bool = False,
+        top_ratio: float = 0.5,
+        stop_iou: float | None = None,
+        seed: int | None = None,
     ) -> None:
-        super().__init__(first_box, seed)
+        super().__init__(first_box, stop_iou, seed)
         if not 0.0 < top_ratio <= 1.0:
             raise ValueError(f"top_ratio must be in (0, 1]; got {top_ratio}")
         self.top_ratio = top_ratio

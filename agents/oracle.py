@@ -205,8 +205,9 @@ class HybridExpert(Policy):
     Then each turn: stop if the IoU (``info["iou"]``) is at least ``target_iou``; otherwise draw
     up to ``max_tries`` candidates — a ``hybrid_click`` in the largest error region where the
     segmenter takes points, else a box refinement (a ground-truth box with the smaller,
-    shrinking ``refine_jitter_frac``) — and send the first whose ``env.unwrapped.preview`` mask raises
-    the IoU by at least ``tau``. If none does, stop. Each candidate costs one decoder call.
+    shrinking ``refine_jitter_frac``) — and send the first whose ``env.unwrapped.preview``
+    mask raises the IoU by at least ``tau``. If none does, stop. Each candidate costs one
+    decoder call.
 
     Deterministic given the seed: the random draws happen in a fixed order and the previews
     (the segmenter) are deterministic.

@@ -337,3 +337,15 @@ def test_ritm_episode_on_the_env_converges_and_stops():
         assert not truncated, f"no convergence after {clicks}"
     assert info["iou"] == 1.0 and len(clicks) >= 2
     assert clicks[0][2] and clicks[0][1] > 0  # positive, and not on the border column
+
+
+@pytest.mark.parametrize("cls", [RITMClicker, IMISClicker])
+def test_stop_iou_ends_the_episode_at_the_threshold(cls):
+    gt = square(10, 10, 20, 20)
+    policy = cls(stop_iou=0.9, seed=0)
+    near = {"turn": 2, "num_prompts": 2, "iou": 0.89}
+    assert policy.act(obs_of(empty()), near, stub_env(gt))["kind"] != actions.ActionKind.STOP
+    done = {"turn": 2, "num_prompts": 2, "iou": 0.9}
+    assert policy.act(obs_of(empty()), done, stub_env(gt))["kind"] == actions.ActionKind.STOP
+    with pytest.raises(ValueError, match="stop_iou"):
+        cls(stop_iou=1.5)
