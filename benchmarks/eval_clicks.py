@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import load_file, save_file
 
     from medseg_bench.train_clicks import image_digest
+    from medseg_env.segmenters.checkpoints import file_sha256
     from medseg_env.segmenters.litemedsam import LiteMedSAM, load_litemedsam_modules
-    from medseg_env.segmenters.litemedsam_clicks import LiteMedSAMClicks, file_sha256
+    from medseg_env.segmenters.litemedsam_clicks import LiteMedSAMClicks
 
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)

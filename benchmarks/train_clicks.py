@@ -300,7 +300,7 @@ def image_digest(image: np.ndarray) -> str:
 
 
 def encode_all(items: list[Item], cache_dir: Path, device: torch.device) -> torch.Tensor:
-    """``(N, 256, 16, 16)`` fp16 embeddings, one file per image content in ``cache_dir``."""
+    """``(N, 256, 64, 64)`` fp16 embeddings, one file per image content in ``cache_dir``."""
     from safetensors.torch import load_file, save_file
 
     from medseg_env.segmenters import LiteMedSAM
@@ -380,6 +380,34 @@ def target_frame(mask: np.ndarray) -> torch.Tensor:
     return F.pad(m, (0, INPUT - nw, 0, INPUT - nh))[0]
 
 
+def weights_metadata(args: argparse.Namespace, names: list[str]) -> dict[str, str]:
+    """What a weights file records about its run: base model, seed, recipe and image list."""
+    keys = (
+        "seed",
+        "iters",
+        "batch",
+        "lr",
+        "min_rounds",
+        "max_rounds",
+        "last_weight",
+        "p_box",
+        "p_exact",
+        "p_grad",
+    )
+    recipe = {k: getattr(args, k) for k in keys}
+    return {"base": "litemedsam", "recipe": json.dumps(recipe), "items": json.dumps(names)}
+
+
+def read_item_names(path: Path) -> list[str]:
+    """Image names from a run's ``items.json`` or from a weights file's metadata."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            return json.loads(fh.metadata()["items"])
+    return json.loads(path.read_text())
+
+
 def train(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
@@ -402,6 +430,11 @@ def train(args: argparse.Namespace) -> None:
             it for it in items if (args.cache / f"{image_digest(it.image)}.safetensors").is_file()
         ]
         print(f"cached only: {len(items)} images, {sum(len(it.targets) for it in items)} targets")
+    if args.items is not None:  # an exact earlier image list (e.g. a run's items.json)
+        names = read_item_names(args.items)
+        by_name = {it.name: it for it in items}
+        items = [by_name[n] for n in names]
+    (args.out / "items.json").write_text(json.dumps([it.name for it in items], indent=0) + "\n")
     feats = encode_all(items, args.cache, device)
     if args.encode_only:
         return
@@ -409,6 +442,13 @@ def train(args: argparse.Namespace) -> None:
     net = load_litemedsam_modules()
     pe = copy.deepcopy(net.prompt_encoder).to(device).train()
     md = copy.deepcopy(net.mask_decoder).to(device).train()
+    if args.init is not None:  # warm start (a second stage) from an earlier run's weights
+        from safetensors.torch import load_file
+
+        state = load_file(str(args.init))
+        for prefix, module in (("prompt_encoder.", pe), ("mask_decoder.", md)):
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(sub, strict=True)
     # A helper for prompt / frame conversions identical to inference (encoder unused).
     helper = SamFamilySegmenter(
         net.image_encoder, pe, md, input_size=INPUT, normalization="minmax", model_id="train"
@@ -432,7 +472,7 @@ def train(args: argparse.Namespace) -> None:
         state = {f"prompt_encoder.{k}": v for k, v in pe.state_dict().items()}
         state |= {f"mask_decoder.{k}": v for k, v in md.state_dict().items()}
         state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-        save_file(state, str(path), metadata={"seed": str(args.seed), "base": "litemedsam"})
+        save_file(state, str(path), metadata=weights_metadata(args, [it.name for it in items]))
 
     (args.out / "config.json").write_text(
         json.dumps(
@@ -546,7 +586,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--encode-only", action="store_true")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights")
     p.add_argument("--cached-only", action="store_true", help="skip images not in --cache")
+    p.add_argument(
+        "--items",
+        type=Path,
+        default=None,
+        help="use exactly these images: a run's items.json or a weights file (its metadata)",
+    )
     args = p.parse_args(argv)
     if args.cache is None:
         args.cache = args.out / "emb"

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 from .cache import EmbeddingCache
+from .checkpoints import file_sha256
 from .litemedsam import load_litemedsam_modules
 from .sam_family import SamFamilySegmenter, resolve_device
 
 WEIGHTS_FILE = "litemedsam_clicks.safetensors"
-WEIGHTS_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+WEIGHTS_SHA256 = "046bd5649cdf23ee554f1d33ea326ec67d2fa58e9592f2b77d5c8e90e22787a8"
 
 
 class WeightsChecksumError(RuntimeError):
@@ -31,14 +31,6 @@ class WeightsChecksumError(RuntimeError):
 
 def default_weights_path() -> Path:
     return Path(str(resources.files("medseg_env.segmenters").joinpath("weights", WEIGHTS_FILE)))
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_weights(path: str | Path, expected: str = WEIGHTS_SHA256) -> str:
