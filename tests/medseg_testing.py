@@ -36,3 +36,11 @@ def assert_same_value(x, y) -> None:
             assert_same_value(x[k], y[k])
     else:
         assert x == y
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """The tight box of a mask as a segmenter prompt: ``(x0, y0, x1, y1)`` pixel edges."""
+    from medseg_env.metrics import bounding_box
+
+    r0, c0, r1, c1 = bounding_box(mask)
+    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from medseg_testing import mask_box
 
-from medseg_env.metrics import bounding_box
 from medseg_env.segmenters import (
     SAM,
     EmbeddingCache,
@@ -47,18 +47,13 @@ def sample(demo):
     return next(s for s in demo if s.modality == "MR")
 
 
-def box_of(mask):
-    r0, c0, r1, c1 = bounding_box(mask)
-    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)
-
-
 @pytest.mark.parametrize("name", BACKENDS)
 def test_encode_predict_contract(name, sample, backends):
     seg = backends[name]
     calls = seg.encoder_calls
     emb = seg.encode(sample.image)
     assert emb.image_size == sample.mask.shape and emb.model_id == seg.model_id
-    prompts = Prompts(box=box_of(sample.mask)) if seg.supports("box") else Prompts()
+    prompts = Prompts(box=mask_box(sample.mask)) if seg.supports("box") else Prompts()
     if seg.supports("point"):
         r, c = np.argwhere(sample.mask)[0]
         prompts = prompts.with_point(c + 0.5, r + 0.5, True)
@@ -107,7 +102,7 @@ def test_sam_checkpoint_round_trip(tmp_path, sample, backends):
     path = tmp_path / "tiny_sam.pth"
     torch.save({"model": state}, path)
     loaded = SAM(path, model_type=TINY, image_size=256, cache=EmbeddingCache())
-    prompts = Prompts(box=box_of(sample.mask))
+    prompts = Prompts(box=mask_box(sample.mask))
     a = random_model.predict(random_model.encode(sample.image), prompts)
     b = loaded.predict(loaded.encode(sample.image), prompts)
     torch.testing.assert_close(a.logits, b.logits)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from medseg_testing import mask_box
 
-from medseg_env.metrics import bounding_box, dice
+from medseg_env.metrics import dice
 from medseg_env.segmenters import (
     SAM,
     EmbeddingCache,
@@ -23,11 +24,6 @@ def lung(demo):
     return next(s for s in demo if s.modality == "CT")
 
 
-def gt_box(mask):
-    r0, c0, r1, c1 = bounding_box(mask)
-    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)
-
-
 def test_litemedsam_loads_offline_and_is_box_only():
     seg = make_segmenter("litemedsam", cache=EmbeddingCache())
     assert "litemedsam" in registered_segmenters()
@@ -39,13 +35,13 @@ def test_box_prompt_segments_the_target(lung):
     seg = LiteMedSAM()  # the process-wide cache: the image is encoded once per run
     emb = seg.encode(lung.image)
     assert tuple(emb.features.shape) == (1, 256, 64, 64)
-    pred = seg.predict(emb, Prompts(box=gt_box(lung.mask)))
+    pred = seg.predict(emb, Prompts(box=mask_box(lung.mask)))
     assert pred.mask.shape == lung.mask.shape and pred.mask.dtype == bool
     assert tuple(pred.logits.shape) == (1, 1, 256, 256)
     assert dice(pred.mask, lung.mask) > 0.6
     assert 0.0 < pred.score <= 1.5
     # feeding the logits back is accepted and changes the decoder input
-    again = seg.predict(emb, Prompts(box=gt_box(lung.mask)), pred.logits)
+    again = seg.predict(emb, Prompts(box=mask_box(lung.mask)), pred.logits)
     assert again.mask.shape == lung.mask.shape
 
 
@@ -61,7 +57,7 @@ def test_non_square_images_map_back_to_their_size(lung):
     image, mask = lung.image[:, :200], lung.mask[:, :200]
     if not mask.any():
         pytest.skip("target outside the crop")
-    pred = seg.predict(seg.encode(image), Prompts(box=gt_box(mask)))
+    pred = seg.predict(seg.encode(image), Prompts(box=mask_box(mask)))
     assert pred.mask.shape == (256, 200)
     assert dice(pred.mask, mask) > 0.5
 
@@ -115,4 +111,4 @@ def test_embedding_from_another_model_is_refused(lung):
     other = LiteMedSAM()
     other._model_id = "something-else"
     with pytest.raises(ValueError, match="not by"):
-        other.predict(emb, Prompts(box=gt_box(lung.mask)))
+        other.predict(emb, Prompts(box=mask_box(lung.mask)))
