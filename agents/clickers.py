@@ -6,8 +6,8 @@ functions on ``(H, W)`` bool masks (``next_click``, ``imis_click``) that the pol
 the tests check; a click is returned as ``(row, col, positive)`` and sent to the env at the
 centre of that pixel (``medseg_env.actions.pixel_click``).
 
-On a box-only segmenter (the default LiteMedSAM) every click is an invalid action: the env
-records it and the benchmark reports it. ``first_box=True`` makes the first action (turn 0)
+On a box-only segmenter (the original ``litemedsam``) every click is an invalid action: the
+env records it and the benchmark reports it. ``first_box=True`` makes the first action (turn 0)
 the exact ground-truth box instead (``oracle.oracle_box_action``, widened to the env's
 ``min_box_size`` for tinier targets), so that a click policy still gets a mask there.
 """

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="SEGMENTER",
-        help="segmenter names (default: litemedsam)",
+        help="segmenter names (default: litemedsam_clicks; the box-only original is litemedsam)",
     )
     run.add_argument(
         "--budget",

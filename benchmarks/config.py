@@ -25,9 +25,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from medseg_env.env import default_config
+
 DEFAULT_BUDGET = 20
 DEFAULT_DATASETS = ("demo",)
-DEFAULT_SEGMENTERS = ("litemedsam",)
+DEFAULT_SEGMENTERS = (default_config()["segmenter"],)  # the env's default backend
 # The order policies appear in tables when all registered ones are benchmarked.
 PREFERRED_POLICY_ORDER = ("oracle_box", "hybrid_expert", "ritm", "imis", "random")
 SUBSET_MODES = ("random", "first")

@@ -3,7 +3,9 @@
 ``python -m medseg_bench.throughput [--repeats N] [--segmenter NAME] [--json PATH]``
 
 Prints milliseconds per call (median over repeats) for: a cold reset (image encode), a warm
-reset (cached embedding), a box step (one decoder call), an invalid step (no model call), the
+reset (cached embedding), a box step (one decoder call), a click step after the box (one
+decoder call with the mask input; click-capable segmenters only), an invalid step (no model
+call), the
 per-step metrics, and the surface metrics the benchmark adds. Machines here are shared and
 noisy: compare ratios within one run, not absolute numbers across runs.
 """
@@ -22,6 +24,7 @@ import torch
 
 import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env import actions
+from medseg_env.env import default_config
 from medseg_env.metrics import bounding_box, dice_iou, hd95, nsd
 from medseg_env.segmenters import EmbeddingCache
 
@@ -63,6 +66,17 @@ def measure(segmenter: str, repeats: int) -> dict[str, float]:
     reset_ms = results["warm_reset_ms"]
     results["box_step_ms"] = median_ms(fresh_step(box), repeats) - reset_ms
     results["invalid_step_ms"] = median_ms(fresh_step(degenerate), repeats) - reset_ms
+    if base.segmenter.supports("point"):  # a corrective click after the box: mask input fed
+        rows, cols = base.ground_truth.nonzero()
+        click = actions.pixel_click(int(rows.mean()), int(cols.mean()), base.obs_size, True)
+
+        def box_then_click():
+            env.reset(options={"sample_index": 0})
+            env.step(box)
+            env.step(click)
+
+        box_ms = results["box_step_ms"] + reset_ms
+        results["click_step_ms"] = median_ms(box_then_click, repeats) - box_ms
     mask, gt = base.current_mask, base.ground_truth
     env.step(box)
     mask = base.current_mask
@@ -77,7 +91,7 @@ def measure(segmenter: str, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--segmenter", default="litemedsam")
+    parser.add_argument("--segmenter", default=default_config()["segmenter"])
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     results = measure(args.segmenter, args.repeats)

@@ -1,20 +1,24 @@
 """Fine-tune LiteMedSAM's prompt encoder + mask decoder for click prompts (image encoder frozen).
 
 Recipe (SAM's interactive training, Kirillov et al. 2023, §A): each sample starts with a box
-or a click (50/50), then gets several rounds of corrective clicks taken from the error of the
-model's own previous prediction (the RITM simulator, ``medseg_agents.clickers``, with a random
-choice among near-maximal error pixels for variety). The previous low-res logits are fed back
-as ``mask_input`` (detached between rounds) and every round gets a BCE + Dice loss, later
-rounds weighted up. The image embeddings are computed once and cached (fp16), so training is
-decoder passes only.
+(probability ``--p-box``) or a click, then gets 3-8 rounds of corrective clicks taken from the
+error of the model's own previous prediction (the RITM simulator, ``medseg_agents.clickers``,
+with a random choice among near-maximal error pixels for variety). The previous low-res logits
+are fed back as ``mask_input`` (detached between rounds). Every round gets a BCE + Dice loss,
+later rounds weighted up, and the box's own answer weighted by ``--box-weight`` (so that
+box-only quality is kept). Two terms make the model obey the clicks rather than copy the
+fed-back mask, which it otherwise learns to do: a BCE on the logits at every clicked pixel
+against the click's label (``--click-weight``), and dropping the mask input for a sample in a
+round with probability ``--p-no-mask``. The image embeddings are computed once and cached
+(fp16), so training is decoder passes only. The defaults are the recipe of the shipped weights.
 
 Training data (real images only from the sources below, plus procedural shapes); the
 held-out split (pyradiomics ``brain2``, ``lung2`` and the stardist nuclei rows 256-511) is
 never read, and ``assert_no_heldout`` checks it:
 
 * pyradiomics ``brain1``, ``lung1``, ``breast1``: every tumour slice, preprocessed exactly as
-  the demo (``medseg_env/data/demo/build_demo.py``), with the 8 flips / 90° rotations and
-  random zoom crops around the tumour;
+  the demo (``medseg_env/data/demo/build_demo.py``), with the 8 flips / 90° rotations, random
+  zoom crops around the tumour and zoomed-out copies (smaller lesions);
 * stardist nuclei image rows 0-255: random 96-160 px crops resized to 128×128, each nucleus a
   target;
 * the MNI152 2009a template (nilearn wheel): T1 slices with grey / white matter (> 127 of
@@ -24,7 +28,7 @@ never read, and ``assert_no_heldout`` checks it:
 Usage::
 
     python -m medseg_bench.train_clicks --out DIR --pyradiomics /tmp/src/pyradiomics \
-        --stardist /tmp/src/sd --nilearn /tmp/src/nl [--seed 0] [--iters 300] [--encode-only]
+        --stardist /tmp/src/sd --nilearn /tmp/src/nl [--seed 0] [--iters 500] [--encode-only]
 
 Writes ``DIR/litemedsam_clicks.safetensors`` (prompt encoder + mask decoder state, prefixed
 ``prompt_encoder.`` / ``mask_decoder.``), ``DIR/checkpoint_XXXX.safetensors`` every
@@ -95,8 +99,36 @@ def min_area(mask: np.ndarray) -> int:
 # --- sources ---------------------------------------------------------------------------------
 
 
-def tumour_items(pyradiomics: Path, rng: np.random.Generator, zooms: int) -> list[Item]:
-    """Every tumour slice of the training cases, demo preprocessing, dihedral + zoom variants."""
+def zoom_out(
+    grey: np.ndarray, seg: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slice shrunk by 0.45-0.8 and pasted at a random place on a background-filled canvas,
+    so that lesions come at the small sizes of e.g. brain2 (40-230 px) as well."""
+    h, w = grey.shape
+    scale = rng.uniform(0.45, 0.8)
+    nh, nw = round(h * scale), round(w * scale)
+    g = resize(grey.astype(np.float32), (nh, nw), order=1, preserve_range=True, anti_aliasing=True)
+    s = resize(seg.astype(np.float32), (nh, nw), order=1, preserve_range=True) > 0.5
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    canvas = np.full((h, w), np.median(border), np.float32)
+    canvas_seg = np.zeros((h, w), bool)
+    r, c = int(rng.integers(0, h - nh + 1)), int(rng.integers(0, w - nw + 1))
+    canvas[r : r + nh, c : c + nw] = g
+    canvas_seg[r : r + nh, c : c + nw] = s
+    return np.clip(canvas, 0, 255).astype(np.uint8), canvas_seg
+
+
+def tumour_items(
+    pyradiomics: Path,
+    rng: np.random.Generator,
+    zooms: int,
+    zoom_outs: int = 0,
+    out_rng: np.random.Generator | None = None,
+) -> list[Item]:
+    """Every tumour slice of the training cases, demo preprocessing, dihedral + zoom variants.
+
+    Zoom-outs draw from their own ``out_rng``, so turning them on leaves every other image
+    (and hence the embedding cache) as it was."""
     from medseg_env.data.demo import build_demo
 
     items = []
@@ -151,6 +183,20 @@ def tumour_items(pyradiomics: Path, rng: np.random.Generator, zooms: int) -> lis
                             f"pyradiomics:{case}",
                             rgb(dihedral(np.clip(g, 0, 255).astype(np.uint8), k)),
                             [dihedral(s, k)],
+                        )
+                    )
+            for stem, arrays in slices:
+                for z in range(zoom_outs):  # shrunk slices: smaller lesions
+                    g, m = zoom_out(arrays["imgs"][:, :, 0], arrays["gts"] > 0, out_rng)
+                    if m.sum() < 20:
+                        continue
+                    k = int(out_rng.integers(8))
+                    items.append(
+                        Item(
+                            f"{stem}_zoomout{z}",
+                            f"pyradiomics:{case}",
+                            rgb(dihedral(g, k)),
+                            [dihedral(m, k)],
                         )
                     )
     finally:
@@ -274,7 +320,8 @@ def shape_items(rng: np.random.Generator, n: int) -> list[Item]:
 
 def build_items(args: argparse.Namespace) -> list[Item]:
     rng = np.random.default_rng(args.seed)
-    items = tumour_items(args.pyradiomics, rng, args.zooms)
+    out_rng = np.random.default_rng((args.seed, 1))
+    items = tumour_items(args.pyradiomics, rng, args.zooms, args.zoom_outs, out_rng)
     items += nuclei_items(args.stardist, rng, args.nuclei)
     if args.nilearn is not None and args.mni > 0:
         items += mni_items(args.nilearn, rng, args.mni)
@@ -369,6 +416,25 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
+def click_loss(
+    logits: torch.Tensor, pts: list[list[tuple[float, float, int]]], gts: list[np.ndarray]
+) -> torch.Tensor:
+    """BCE of the low-res logits at every click so far against the click's label, averaged over
+    the clicks: the mask must agree with each click, not only with the fed-back mask."""
+    terms = []
+    for b, (clicks, g) in enumerate(zip(pts, gts, strict=True)):
+        if not clicks:
+            continue
+        scale = INPUT / max(g.shape)
+        arr = np.array(clicks, np.float32)
+        cols = np.clip((arr[:, 0] * scale).astype(np.int64), 0, INPUT - 1)
+        rows = np.clip((arr[:, 1] * scale).astype(np.int64), 0, INPUT - 1)
+        values = logits[b, 0, torch.from_numpy(rows), torch.from_numpy(cols)]
+        labels = torch.from_numpy(arr[:, 2]).to(values)
+        terms.append(F.binary_cross_entropy_with_logits(values, labels))
+    return torch.stack(terms).mean() if terms else logits.sum() * 0
+
+
 def target_frame(mask: np.ndarray) -> torch.Tensor:
     """GT in the model's padded 256×256 low-res frame."""
     h, w = mask.shape
@@ -393,6 +459,11 @@ def weights_metadata(args: argparse.Namespace, names: list[str]) -> dict[str, st
         "p_box",
         "p_exact",
         "p_grad",
+        "p_no_mask",
+        "click_weight",
+        "warmup",
+        "zoom_outs",
+        "box_weight",
     )
     recipe = {k: getattr(args, k) for k in keys}
     return {"base": "litemedsam", "recipe": json.dumps(recipe), "items": json.dumps(names)}
@@ -457,7 +528,12 @@ def train(args: argparse.Namespace) -> None:
     params = [p for p in list(pe.parameters()) + list(md.parameters()) if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, args.iters) / args.iters))
+        opt,
+        lambda i: (
+            min(1.0, (i + 1) / max(args.warmup, 1))
+            * 0.5
+            * (1 + math.cos(math.pi * min(i, args.iters) / args.iters))
+        ),
     )
     # Targets weighted so each source family gets a fair share of the batches.
     pairs = [(i, j) for i, it in enumerate(items) for j in range(len(it.targets))]
@@ -521,6 +597,8 @@ def train(args: argparse.Namespace) -> None:
                 prompts = Prompts(arr[:, :2], arr[:, 2].astype(np.int64), boxes[b])
                 points, box_t = helper.prompt_tensors(prompts, g.shape)
                 mask_in = prev[b : b + 1] if prev is not None else None
+                if mask_in is not None and args.p_no_mask > 0 and rng.uniform() < args.p_no_mask:
+                    mask_in = None  # the clicks alone must carry the answer now and then
                 s, d = pe(points=points, boxes=box_t, masks=mask_in)
                 sparse.append(s)
                 dense.append(d)
@@ -532,7 +610,14 @@ def train(args: argparse.Namespace) -> None:
                     dense_prompt_embeddings=torch.cat(dense),
                     multimask_output=False,
                 )
-                loss = dice_bce(low_res, tgt).mean()
+                per_sample = dice_bce(low_res, tgt)
+                if r == 0 and args.box_weight != 1.0:  # the box-only answer, weighted apart
+                    per_sample = per_sample * torch.from_numpy(
+                        np.where(use_box, args.box_weight, 1.0).astype(np.float32)
+                    ).to(per_sample)
+                loss = per_sample.mean()
+                if args.click_weight > 0:
+                    loss = loss + args.click_weight * click_loss(low_res, pts, gts)
             if grad[r]:
                 (loss * float(weights[r])).backward()
             losses.append(loss.item())
@@ -570,18 +655,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="embedding cache (default OUT/emb)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zooms", type=int, default=3, help="zoom crops per tumour slice")
+    p.add_argument(
+        "--zoom-outs", type=int, default=2, help="shrunk copies per tumour slice (small lesions)"
+    )
     p.add_argument("--nuclei", type=int, default=40, help="nuclei crops")
     p.add_argument("--mni", type=int, default=16, help="MNI152 crops")
     p.add_argument("--shapes", type=int, default=20, help="procedural images")
-    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--iters", type=int, default=500)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--min-rounds", type=int, default=2, help="corrective rounds, min")
-    p.add_argument("--max-rounds", type=int, default=5, help="corrective rounds, max")
-    p.add_argument("--p-grad", type=float, default=0.5, help="P(loss on a middle round)")
-    p.add_argument("--last-weight", type=float, default=2.0, help="loss weight of the last round")
-    p.add_argument("--p-box", type=float, default=0.5, help="probability to start with a box")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--min-rounds", type=int, default=3, help="corrective rounds, min")
+    p.add_argument("--max-rounds", type=int, default=8, help="corrective rounds, max")
+    p.add_argument("--p-grad", type=float, default=0.3, help="P(loss on a middle round)")
+    p.add_argument("--last-weight", type=float, default=3.0, help="loss weight of the last round")
+    p.add_argument("--p-box", type=float, default=0.4, help="probability to start with a box")
     p.add_argument("--p-exact", type=float, default=0.5, help="probability of the exact RITM click")
+    p.add_argument(
+        "--p-no-mask", type=float, default=0.2, help="P(a round gets no fed-back mask input)"
+    )
+    p.add_argument(
+        "--click-weight", type=float, default=1.0, help="weight of the BCE at the clicked pixels"
+    )
+    p.add_argument(
+        "--box-weight", type=float, default=3.0, help="loss factor of a box's first answer"
+    )
+    p.add_argument("--warmup", type=int, default=20, help="linear lr warm-up iterations")
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)

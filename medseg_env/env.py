@@ -40,7 +40,7 @@ def default_config() -> dict[str, Any]:
     """
     return {
         "dataset": "demo",
-        "segmenter": "litemedsam",
+        "segmenter": "litemedsam_clicks",
         "segmenter_kwargs": {},
         "obs_size": 256,
         "max_turns": 10,

@@ -22,7 +22,7 @@ from .litemedsam import load_litemedsam_modules
 from .sam_family import SamFamilySegmenter, resolve_device
 
 WEIGHTS_FILE = "litemedsam_clicks.safetensors"
-WEIGHTS_SHA256 = "046bd5649cdf23ee554f1d33ea326ec67d2fa58e9592f2b77d5c8e90e22787a8"
+WEIGHTS_SHA256 = "000b23bd4923e4d14ee4269334f5ce42907cd03071f86cd7fe226948b6664220"
 
 
 class WeightsChecksumError(RuntimeError):

@@ -302,7 +302,7 @@ def test_hybrid_expert_first_box_is_jittered_and_taken_without_preview():
 
 @pytest.mark.slow  # mostly the one-time model load and image encoding, shared with tests/env
 def test_oracle_box_and_hybrid_expert_on_litemedsam(small_demo):
-    env = gym.make("MedSeg-v0", dataset=small_demo[:1], max_turns=3)
+    env = gym.make("MedSeg-v0", dataset=small_demo[:1], segmenter="litemedsam", max_turns=3)
     try:
         acts, infos = run_episode(env, OracleBox(), seed=0)
         assert [a["kind"] for a in acts] == [actions.ActionKind.BOX, actions.ActionKind.STOP]

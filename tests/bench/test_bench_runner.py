@@ -17,7 +17,14 @@ from medseg_bench.plan import select_samples
 from medseg_bench.records import Journal
 from medseg_env.data import Dataset, demo_dataset
 
-CONFIG = BenchConfig(policies=("boxer", "clicker"), datasets=("tiny",), budget=3, seed=7)
+# The original, box-only LiteMedSAM: the clicker's clicks exercise the invalid-action path.
+CONFIG = BenchConfig(
+    policies=("boxer", "clicker"),
+    datasets=("tiny",),
+    segmenters=("litemedsam",),
+    budget=3,
+    seed=7,
+)
 RESULT_FILES = (
     "config.json",
     "episodes.jsonl",

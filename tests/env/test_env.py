@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from medseg_testing import assert_same_step, gt_box_action
 
+from medseg_agents.clickers import next_click
 from medseg_env import MedSegEnv, actions
 from medseg_env.metrics import dice_iou
 from medseg_env.segmenters import EmbeddingCache
@@ -43,7 +44,28 @@ def test_gt_box_step_improves_dice_and_reports_terms(env):
     assert not terminated and not truncated
 
 
-def test_click_on_box_only_model_is_invalid_not_an_error(env):
+@pytest.fixture
+def box_only_env(small_demo):
+    """The original LiteMedSAM, which declares itself box-only."""
+    env = gym.make("MedSeg-v0", dataset=small_demo, segmenter="litemedsam", max_turns=5)
+    yield env
+    env.close()
+
+
+def test_default_model_takes_clicks(env):
+    # The default backend is the click-tuned LiteMedSAM: a positive click at the target's
+    # deepest pixel is carried out and gives a mask that holds the click.
+    assert env.unwrapped.segmenter.name == "litemedsam_clicks"
+    env.reset(seed=2)
+    gt = env.unwrapped.ground_truth
+    row, col, positive = next_click(np.zeros_like(gt), gt)
+    obs, _, _, _, info = env.step(actions.pixel_click(row, col, gt.shape[0], positive))
+    assert info["invalid_action"] is None and info["num_clicks"] == 1
+    assert obs["mask"][row, col, 0] > 0 and info["dice"] > 0.5
+
+
+def test_click_on_box_only_model_is_invalid_not_an_error(box_only_env):
+    env = box_only_env
     env.reset(seed=2)
     env.step(gt_box_action(env))
     before = env.unwrapped.current_mask

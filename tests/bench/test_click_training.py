@@ -1,0 +1,84 @@
+"""The click fine-tuning recipe's pieces (``medseg_bench.train_clicks`` / ``eval_clicks``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg_bench.eval_clicks import at, load_heldout
+from medseg_bench.train_clicks import (
+    INPUT,
+    Item,
+    assert_no_heldout,
+    click_loss,
+    dihedral,
+    target_frame,
+    zoom_out,
+)
+
+
+def test_click_loss_rewards_logits_that_agree_with_the_clicks():
+    gt = np.zeros((128, 128), bool)  # a 128-px image: clicks scale by 2 to the 256 frame
+    clicks = [[(10.5, 20.5, 1), (100.5, 60.5, 0)]]  # (x, y, label)
+    agree = torch.full((1, 1, INPUT, INPUT), -8.0)
+    agree[0, 0, 41, 21] = 8.0  # the positive click at (x=10.5, y=20.5) -> (col 21, row 41)
+    disagree = -agree
+    low, high = click_loss(agree, clicks, [gt]), click_loss(disagree, clicks, [gt])
+    assert low.item() < 0.01 < 5 < high.item()
+    # no clicks yet (a box-only first round): zero, and still part of the graph
+    logits = torch.zeros(1, 1, INPUT, INPUT, requires_grad=True)
+    empty = click_loss(logits, [[]], [gt])
+    assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_zoom_out_shrinks_the_lesion_and_keeps_it_aligned():
+    rng = np.random.default_rng(0)
+    grey = np.full((256, 256), 40, np.uint8)
+    seg = np.zeros((256, 256), bool)
+    seg[100:140, 90:150] = True
+    grey[seg] = 200
+    g, m = zoom_out(grey, seg, rng)
+    assert g.shape == grey.shape and g.dtype == np.uint8 and m.shape == seg.shape
+    assert 0.45**2 * seg.sum() * 0.8 <= m.sum() <= 0.8**2 * seg.sum() * 1.2
+    assert g[m].mean() > 180 and g[~m].mean() < 60  # the mask still sits on the bright lesion
+
+
+def test_dihedral_gives_eight_distinct_views():
+    a = np.arange(12).reshape(3, 4)
+    views = {dihedral(a, k).tobytes() + bytes(dihedral(a, k).shape) for k in range(8)}
+    assert len(views) == 8
+
+
+def test_held_out_cases_are_refused_for_training():
+    ok = Item("brain1_z010_d0", "pyradiomics:brain1", np.zeros((4, 4, 3), np.uint8))
+    assert_no_heldout([ok])
+    for source in ("pyradiomics:brain2", "pyradiomics:lung2", "stardist:rows256-511"):
+        with pytest.raises(AssertionError, match="held-out"):
+            assert_no_heldout([ok, Item("x", source, ok.image)])
+
+
+def test_target_frame_letterboxes_like_the_model_input():
+    mask = np.zeros((64, 128), bool)
+    mask[:, :8] = True
+    frame = target_frame(mask)
+    assert frame.shape == (1, INPUT, INPUT)
+    assert frame[0, :128, :16].all() and frame.sum() == 128 * 16  # 2x, padded below
+
+
+def test_eval_refuses_training_tiles(tmp_path):
+    labels = np.zeros((8, 8), np.uint16)
+    labels[2:5, 2:5] = 1
+    np.savez(
+        tmp_path / "nuclei_r128_c000.npz",
+        imgs=np.zeros((8, 8, 3), np.uint8),
+        gts=labels,
+        source_id="nuclei",
+    )
+    with pytest.raises(ValueError, match="rows < 256 are training data"):
+        load_heldout(tmp_path, 0, 0)
+
+
+def test_curve_value_after_an_early_stop_is_the_last_one():
+    assert at([0.5, 0.8, 0.95], 1) == 0.5
+    assert at([0.5, 0.8, 0.95], 5) == 0.95
