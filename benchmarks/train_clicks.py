@@ -118,6 +118,11 @@ def zoom_out(
     return np.clip(canvas, 0, 255).astype(np.uint8), canvas_seg
 
 
+def tumour_view(name: str, case: str, grey: np.ndarray, seg: np.ndarray, k: int) -> Item:
+    """A pyradiomics training item: dihedral view ``k`` of a grey slice and its tumour mask."""
+    return Item(name, f"pyradiomics:{case}", rgb(dihedral(grey, k)), [dihedral(seg, k)])
+
+
 def tumour_items(
     pyradiomics: Path,
     rng: np.random.Generator,
@@ -140,14 +145,7 @@ def tumour_items(
             for k in (0, 5, 2, 7, 1, 4, 3, 6):  # variant-major: a partial cache stays varied
                 for stem, arrays in slices:
                     grey, seg = arrays["imgs"][:, :, 0], arrays["gts"] > 0
-                    items.append(
-                        Item(
-                            f"{stem}_d{k}",
-                            f"pyradiomics:{case}",
-                            rgb(dihedral(grey, k)),
-                            [dihedral(seg, k)],
-                        )
-                    )
+                    items.append(tumour_view(f"{stem}_d{k}", case, grey, seg, k))
             for stem, arrays in slices:
                 grey, seg = arrays["imgs"][:, :, 0], arrays["gts"] > 0
                 for z in range(zooms):  # zoom crops centred near the tumour
@@ -177,28 +175,15 @@ def tumour_items(
                     if s.sum() < 30:
                         continue
                     k = int(rng.integers(8))
-                    items.append(
-                        Item(
-                            f"{stem}_zoom{z}",
-                            f"pyradiomics:{case}",
-                            rgb(dihedral(np.clip(g, 0, 255).astype(np.uint8), k)),
-                            [dihedral(s, k)],
-                        )
-                    )
+                    g = np.clip(g, 0, 255).astype(np.uint8)
+                    items.append(tumour_view(f"{stem}_zoom{z}", case, g, s, k))
             for stem, arrays in slices:
                 for z in range(zoom_outs):  # shrunk slices: smaller lesions
                     g, m = zoom_out(arrays["imgs"][:, :, 0], arrays["gts"] > 0, out_rng)
                     if m.sum() < 20:
                         continue
                     k = int(out_rng.integers(8))
-                    items.append(
-                        Item(
-                            f"{stem}_zoomout{z}",
-                            f"pyradiomics:{case}",
-                            rgb(dihedral(g, k)),
-                            [dihedral(m, k)],
-                        )
-                    )
+                    items.append(tumour_view(f"{stem}_zoomout{z}", case, g, m, k))
     finally:
         build_demo.MAX_SLICES = old
     return items
