@@ -76,9 +76,11 @@ def test_continuous_actions_map_kind_by_quarters(small_demo):
 
 def test_ppo_trains_a_few_steps(small_demo):
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     env = gym.make("MedSeg-MultiDiscrete-v0", dataset=small_demo, obs_size=64, max_turns=3)
     model = PPO("MultiInputPolicy", env, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3 would make a temp folder
     model.learn(total_timesteps=8)
     obs, _ = env.reset(seed=0)
     action, _ = model.predict(obs, deterministic=True)
