@@ -31,7 +31,7 @@ from medseg_env.data import Dataset
 
 from . import report
 from .config import BenchConfig, BenchError, default_out_dir
-from .episode import FinalState, Resources
+from .episode import FinalState, Resources, shared_segmenter
 from .plan import Plan, PolicySource, make_plan
 from .records import EpisodeKey, EpisodeRecord, Journal, atomic_write
 from .summary import summarize, summarize_timings
@@ -78,7 +78,8 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
 
     Raises:
         BenchError: the folder's ``config.json`` differs (the message lists the keys), its
-            data fingerprint differs, or it holds benchmark files without a ``config.json``.
+            data fingerprint or a segmenter's ``model_id`` (its weights) differs, or it holds
+            benchmark files without a ``config.json``.
     """
     config_path = out_dir / CONFIG_FILE
     if out_dir.exists() and not out_dir.is_dir():
@@ -112,7 +113,22 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
             f"{out_dir} holds results of the same config on different data: dataset(s) "
             f"{changed} changed since. Choose another --out folder."
         )
+    # A segmenter name can stand for new weights after an upgrade (its model_id says which).
+    old_models, new_models = saved.get("models", {}), model_ids(plan)
+    changed = sorted(k for k in new_models if old_models.get(k) != new_models[k])
+    if changed:
+        found = {k: old_models.get(k) for k in changed}
+        raise BenchError(
+            f"{out_dir} holds results of the same config made with other model weights: "
+            f"segmenter(s) {changed} are now {[new_models[k] for k in changed]}, the folder has "
+            f"{found}. Choose another --out folder."
+        )
     return True
+
+
+def model_ids(plan: Plan) -> dict[str, str]:
+    """Each segmenter name's ``model_id`` (which weights), recorded next to the config."""
+    return {name: shared_segmenter(name).model_id for name in plan.config.segmenters}
 
 
 def run_benchmark(
@@ -265,6 +281,7 @@ def _config_doc(plan: Plan) -> dict[str, Any]:
         "config": plan.config.to_dict(),
         "config_hash": plan.config.hash(),
         "data": plan.fingerprints(),
+        "models": model_ids(plan),
     }
 
 

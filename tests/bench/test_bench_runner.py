@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from medseg_bench import BenchConfig, BenchError, run_benchmark
+from medseg_bench.episode import shared_segmenter
 from medseg_bench.plan import select_samples
 from medseg_bench.records import Journal
 from medseg_env.data import Dataset, demo_dataset
@@ -176,6 +177,16 @@ def test_a_folder_of_another_config_is_refused_untouched(reference, tiny, make_p
     other = Dataset(list(tiny)[:2], name="tiny")
     with pytest.raises(BenchError, match="different data"):
         run(CONFIG, out, make_policies(), other)
+    assert snapshot(out) == before
+    # Same config and data, but the folder was made with other weights for that segmenter
+    # name (e.g. before an upgrade of the shipped weights).
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["models"] == {"litemedsam": shared_segmenter("litemedsam").model_id}
+    doc["models"]["litemedsam"] = "litemedsam-0123456789ab"
+    (out / "config.json").write_text(json.dumps(doc))
+    before = snapshot(out)
+    with pytest.raises(BenchError, match=r"other model weights.*litemedsam-0123456789ab"):
+        run(CONFIG, out, make_policies(), tiny)
     assert snapshot(out) == before
 
     stray = tmp_path / "stray"
