@@ -106,8 +106,7 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
             f"{plan.config.hash()}); differing keys (this run != saved): {'; '.join(diff)}. "
             "Choose another --out folder (or remove that one)."
         )
-    old_data, new_data = saved.get("data", {}), plan.fingerprints()
-    changed = sorted(k for k in new_data if old_data.get(k) != new_data[k])
+    changed = _changed_keys(saved.get("data", {}), plan.fingerprints())
     if changed:
         raise BenchError(
             f"{out_dir} holds results of the same config on different data: dataset(s) "
@@ -115,7 +114,7 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
         )
     # A segmenter name can stand for new weights after an upgrade (its model_id says which).
     old_models, new_models = saved.get("models", {}), model_ids(plan)
-    changed = sorted(k for k in new_models if old_models.get(k) != new_models[k])
+    changed = _changed_keys(old_models, new_models)
     if changed:
         found = {k: old_models.get(k) for k in changed}
         raise BenchError(
@@ -124,6 +123,11 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
             f"{found}. Choose another --out folder."
         )
     return True
+
+
+def _changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The keys of ``current`` whose value the saved folder does not have (sorted)."""
+    return sorted(k for k in current if saved.get(k) != current[k])
 
 
 def model_ids(plan: Plan) -> dict[str, str]:

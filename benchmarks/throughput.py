@@ -5,9 +5,8 @@
 Prints milliseconds per call (median over repeats) for: a cold reset (image encode), a warm
 reset (cached embedding), a box step (one decoder call), a click step after the box (one
 decoder call with the mask input; click-capable segmenters only), an invalid step (no model
-call), the
-per-step metrics, and the surface metrics the benchmark adds. Machines here are shared and
-noisy: compare ratios within one run, not absolute numbers across runs.
+call), the per-step metrics, and the surface metrics the benchmark adds. Machines here are
+shared and noisy: compare ratios within one run, not absolute numbers across runs.
 """
 
 from __future__ import annotations

@@ -92,10 +92,6 @@ def rgb(grey: np.ndarray) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def min_area(mask: np.ndarray) -> int:
-    return int(mask.sum())
-
-
 # --- sources ---------------------------------------------------------------------------------
 
 
@@ -127,8 +123,8 @@ def tumour_items(
     pyradiomics: Path,
     rng: np.random.Generator,
     zooms: int,
-    zoom_outs: int = 0,
-    out_rng: np.random.Generator | None = None,
+    zoom_outs: int,
+    out_rng: np.random.Generator,
 ) -> list[Item]:
     """Every tumour slice of the training cases, demo preprocessing, dihedral + zoom variants.
 
@@ -469,6 +465,7 @@ def train(args: argparse.Namespace) -> None:
 
     from medseg_env.segmenters.base import Prompts
     from medseg_env.segmenters.litemedsam import load_litemedsam_modules
+    from medseg_env.segmenters.litemedsam_clicks import click_state, load_click_state
     from medseg_env.segmenters.sam_family import SamFamilySegmenter, resolve_device
 
     torch.manual_seed(args.seed)
@@ -501,10 +498,7 @@ def train(args: argparse.Namespace) -> None:
     if args.init is not None:  # warm start (a second stage) from an earlier run's weights
         from safetensors.torch import load_file
 
-        state = load_file(str(args.init))
-        for prefix, module in (("prompt_encoder.", pe), ("mask_decoder.", md)):
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(sub, strict=True)
+        load_click_state(load_file(str(args.init)), pe, md)
     # A helper for prompt / frame conversions identical to inference (encoder unused).
     helper = SamFamilySegmenter(
         net.image_encoder, pe, md, input_size=INPUT, normalization="minmax", model_id="train"
@@ -530,10 +524,8 @@ def train(args: argparse.Namespace) -> None:
     frames = {}
 
     def save(path: Path) -> None:
-        state = {f"prompt_encoder.{k}": v for k, v in pe.state_dict().items()}
-        state |= {f"mask_decoder.{k}": v for k, v in md.state_dict().items()}
-        state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-        save_file(state, str(path), metadata=weights_metadata(args, [it.name for it in items]))
+        metadata = weights_metadata(args, [it.name for it in items])
+        save_file(click_state(pe, md), str(path), metadata=metadata)
 
     (args.out / "config.json").write_text(
         json.dumps(

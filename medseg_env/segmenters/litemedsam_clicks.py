@@ -48,6 +48,27 @@ def verify_weights(path: str | Path, expected: str = WEIGHTS_SHA256) -> str:
     return actual
 
 
+PREFIXES = ("prompt_encoder.", "mask_decoder.")  # the file's key prefixes, in module order
+
+
+def click_state(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> dict:
+    """The two modules' weights as one flat fp32 CPU state dict, keys prefixed as in the file."""
+    state = {}
+    for prefix, module in zip(PREFIXES, (prompt_encoder, mask_decoder), strict=True):
+        for key, value in module.state_dict().items():
+            state[prefix + key] = value.detach().float().cpu().contiguous()
+    return state
+
+
+def load_click_state(
+    state: dict[str, torch.Tensor], prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module
+) -> None:
+    """Load a ``click_state`` dict into the two modules, in place (strict: every key must fit)."""
+    for prefix, module in zip(PREFIXES, (prompt_encoder, mask_decoder), strict=True):
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        module.load_state_dict(sub, strict=True)
+
+
 @functools.lru_cache(maxsize=4)
 def load_click_modules(
     path: str = "", sha256: str = WEIGHTS_SHA256
@@ -59,16 +80,13 @@ def load_click_modules(
     verify_weights(weights, sha256)
     state = load_file(str(weights), device="cpu")
     net = load_litemedsam_modules()
-    modules = []
-    for prefix, module in (
-        ("prompt_encoder.", net.prompt_encoder),
-        ("mask_decoder.", net.mask_decoder),
-    ):
-        module = copy.deepcopy(module)  # the shared original stays untouched
-        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(sub, strict=True)
-        modules.append(module.eval())
-    return modules[0], modules[1]
+    # Copies: the shared original modules stay untouched.
+    prompt_encoder, mask_decoder = (
+        copy.deepcopy(net.prompt_encoder),
+        copy.deepcopy(net.mask_decoder),
+    )
+    load_click_state(state, prompt_encoder, mask_decoder)
+    return prompt_encoder.eval(), mask_decoder.eval()
 
 
 class LiteMedSAMClicks(SamFamilySegmenter):
