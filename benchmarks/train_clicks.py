@@ -10,7 +10,14 @@ box-only quality is kept). Two terms make the model obey the clicks rather than 
 fed-back mask, which it otherwise learns to do: a BCE on the logits at every clicked pixel
 against the click's label (``--click-weight``), and dropping the mask input for a sample in a
 round with probability ``--p-no-mask``. The image embeddings are computed once and cached
-(fp16), so training is decoder passes only. The defaults are the recipe of the shipped weights.
+(fp16), so training is decoder passes only.
+
+The shipped weights are two runs. Stage 1 is this script's defaults. Stage 2 warm-starts from
+stage 1 (``--init``, same images via ``--data-seed 0`` and stage 1's cache) with short episodes,
+a loss on every round, more box starts and nuclei, a lighter click term and
+``--regress-weight``: a hinge on a round's soft Dice falling below the previous round's, so
+that a corrective click on an already good mask does not make it worse (see
+``medseg_env/segmenters/weights/MODEL_CARD.md`` for the exact command and its results).
 
 Training data (real images only from the sources below, plus procedural shapes); the
 held-out split (pyradiomics ``brain2``, ``lung2`` and the stardist nuclei rows 256-511) is
@@ -300,8 +307,9 @@ def shape_items(rng: np.random.Generator, n: int) -> list[Item]:
 
 
 def build_items(args: argparse.Namespace) -> list[Item]:
-    rng = np.random.default_rng(args.seed)
-    out_rng = np.random.default_rng((args.seed, 1))
+    seed = args.seed if args.data_seed is None else args.data_seed
+    rng = np.random.default_rng(seed)
+    out_rng = np.random.default_rng((seed, 1))
     items = tumour_items(args.pyradiomics, rng, args.zooms, args.zoom_outs, out_rng)
     items += nuclei_items(args.stardist, rng, args.nuclei)
     if args.nilearn is not None and args.mni > 0:
@@ -388,13 +396,25 @@ def jitter_box(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return box
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample BCE + soft Dice, ``(B,)``."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
+def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample soft Dice of ``sigmoid(logits)`` against ``target``, ``(B,)``, in [0, 1]."""
     p = torch.sigmoid(logits)
     inter = (p * target).sum((1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-    return bce + dice
+    return (2 * inter + 1) / (p.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample BCE + soft-Dice loss, ``(B,)``."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
+    return bce + 1 - soft_dice(logits, target)
+
+
+def regression_loss(dice: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """Mean hinge ``max(0, previous - dice)``: a corrective click must not make the mask worse
+    (``previous`` is the last round's soft Dice, detached; zero on the first round)."""
+    if previous is None:
+        return dice.sum() * 0
+    return F.relu(previous - dice).mean()
 
 
 def click_loss(
@@ -431,6 +451,7 @@ def weights_metadata(args: argparse.Namespace, names: list[str]) -> dict[str, st
     """What a weights file records about its run: base model, seed, recipe and image list."""
     keys = (
         "seed",
+        "data_seed",
         "iters",
         "batch",
         "lr",
@@ -445,9 +466,27 @@ def weights_metadata(args: argparse.Namespace, names: list[str]) -> dict[str, st
         "warmup",
         "zoom_outs",
         "box_weight",
+        "family_weights",
+        "regress_weight",
     )
     recipe = {k: getattr(args, k) for k in keys}
     return {"base": "litemedsam", "recipe": json.dumps(recipe), "items": json.dumps(names)}
+
+
+FAMILY_WEIGHTS = {"pyradiomics": 0.5, "stardist": 0.2, "nilearn": 0.1, "procedural": 0.2}
+
+
+def family_weights(text: str) -> dict[str, float]:
+    """``"stardist=0.35,pyradiomics=0.4"`` → the default shares with those replaced."""
+    out = dict(FAMILY_WEIGHTS)
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if name not in out:
+            raise argparse.ArgumentTypeError(
+                f"unknown source family {name!r}; expected one of {sorted(out)}"
+            )
+        out[name] = float(value)
+    return out
 
 
 def read_item_names(path: Path) -> list[str]:
@@ -517,7 +556,7 @@ def train(args: argparse.Namespace) -> None:
     # Targets weighted so each source family gets a fair share of the batches.
     pairs = [(i, j) for i, it in enumerate(items) for j in range(len(it.targets))]
     fam = [items[i].source.split(":")[0] for i, _ in pairs]
-    fam_w = {"pyradiomics": 0.5, "stardist": 0.2, "nilearn": 0.1, "procedural": 0.2}
+    fam_w = args.family_weights
     counts = {f: fam.count(f) for f in set(fam)}
     w = np.array([fam_w[f] / counts[f] for f in fam])
     w /= w.sum()
@@ -551,7 +590,7 @@ def train(args: argparse.Namespace) -> None:
         pts: list[list[tuple[float, float, int]]] = [[] for _ in batch]
         clicked = [np.zeros_like(g) for g in gts]
         preds = [np.zeros_like(g) for g in gts]
-        prev = None
+        prev = prev_dice = None
         losses = []
         opt.zero_grad()
         # Gradients on the first and the last round and on a random part of the others:
@@ -595,10 +634,13 @@ def train(args: argparse.Namespace) -> None:
                 loss = per_sample.mean()
                 if args.click_weight > 0:
                     loss = loss + args.click_weight * click_loss(low_res, pts, gts)
+                dice = soft_dice(low_res, tgt)
+                if args.regress_weight > 0:
+                    loss = loss + args.regress_weight * regression_loss(dice, prev_dice)
             if grad[r]:
                 (loss * float(weights[r])).backward()
             losses.append(loss.item())
-            prev = low_res.detach()
+            prev, prev_dice = low_res.detach(), dice.detach()
             with torch.no_grad():
                 for b, g in enumerate(gts):
                     preds[b] = (helper.upscale(prev[b : b + 1], g.shape) > 0)[0, 0].cpu().numpy()
@@ -631,6 +673,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nilearn", type=Path, default=Path("/tmp/src/nl"))
     p.add_argument("--cache", type=Path, default=None, help="embedding cache (default OUT/emb)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="seed of the image crops and views (default --seed); a warm-start stage keeps the "
+        "first run's images by passing its seed here",
+    )
     p.add_argument("--zooms", type=int, default=3, help="zoom crops per tumour slice")
     p.add_argument(
         "--zoom-outs", type=int, default=2, help="shrunk copies per tumour slice (small lesions)"
@@ -654,7 +703,19 @@ def main(argv: list[str] | None = None) -> int:
         "--click-weight", type=float, default=1.0, help="weight of the BCE at the clicked pixels"
     )
     p.add_argument(
+        "--regress-weight",
+        type=float,
+        default=0.0,
+        help="weight of the hinge on a round's soft Dice falling below the previous round's",
+    )
+    p.add_argument(
         "--box-weight", type=float, default=3.0, help="loss factor of a box's first answer"
+    )
+    p.add_argument(
+        "--family-weights",
+        type=family_weights,
+        default=dict(FAMILY_WEIGHTS),
+        help="batch share of each source family, e.g. stardist=0.35 (others keep their default)",
     )
     p.add_argument("--warmup", type=int, default=20, help="linear lr warm-up iterations")
     p.add_argument("--ckpt-every", type=int, default=50)

@@ -22,7 +22,7 @@ from .litemedsam import load_litemedsam_modules
 from .sam_family import SamFamilySegmenter, resolve_device
 
 WEIGHTS_FILE = "litemedsam_clicks.safetensors"
-WEIGHTS_SHA256 = "000b23bd4923e4d14ee4269334f5ce42907cd03071f86cd7fe226948b6664220"
+WEIGHTS_SHA256 = "ee13520774347b7fc0c28bf63ea635515d84680bd088522f3538618a5aa9f9d7"
 
 
 class WeightsChecksumError(RuntimeError):

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
 from medseg_bench.eval_clicks import at, load_heldout
 from medseg_bench.train_clicks import (
+    FAMILY_WEIGHTS,
     INPUT,
     Item,
     assert_no_heldout,
     click_loss,
     dihedral,
+    family_weights,
+    regression_loss,
     target_frame,
     zoom_out,
 )
@@ -30,6 +35,23 @@ def test_click_loss_rewards_logits_that_agree_with_the_clicks():
     logits = torch.zeros(1, 1, INPUT, INPUT, requires_grad=True)
     empty = click_loss(logits, [[]], [gt])
     assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_family_weights_override_only_the_named_sources():
+    shares = family_weights("stardist=0.35,procedural=0.15")
+    assert shares["stardist"] == 0.35 and shares["procedural"] == 0.15
+    assert shares["pyradiomics"] == FAMILY_WEIGHTS["pyradiomics"]
+    assert family_weights("") == FAMILY_WEIGHTS
+    with pytest.raises(argparse.ArgumentTypeError, match="'brain2'"):
+        family_weights("brain2=1")
+
+
+def test_regression_loss_penalises_only_a_round_that_got_worse():
+    assert regression_loss(torch.tensor([0.5, 0.9]), None).item() == 0.0  # the first round
+    better = regression_loss(torch.tensor([0.9, 0.95]), torch.tensor([0.8, 0.9]))
+    worse = regression_loss(torch.tensor([0.6, 0.95]), torch.tensor([0.8, 0.9]))
+    assert better.item() == 0.0
+    assert worse.item() == pytest.approx(0.1)  # (0.2 + 0) / 2
 
 
 def test_zoom_out_shrinks_the_lesion_and_keeps_it_aligned():

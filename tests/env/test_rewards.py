@@ -93,7 +93,10 @@ def test_bad_reward_specs(spec, message):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_in_the_env_sum_their_terms(preset, small_demo):
-    env = gym.make("MedSeg-v0", dataset=small_demo, reward=preset, max_turns=2)
+    # The box-only model, so that the click is an invalid action.
+    env = gym.make(
+        "MedSeg-v0", dataset=small_demo, reward=preset, max_turns=2, segmenter="litemedsam"
+    )
     env.reset(seed=0)
     total = 0.0
     for action in (gt_box_action(env), actions.click(0.5, 0.5)):
@@ -101,7 +104,7 @@ def test_presets_in_the_env_sum_their_terms(preset, small_demo):
         assert reward == pytest.approx(sum(info["reward_terms"].values()))
         assert set(info["reward_terms"]) == set(PRESETS[preset])
         total += reward
-    assert truncated
+    assert truncated and info["invalid_action"]
     if preset == "final_dice":
         assert total == pytest.approx(info["dice"])
     if preset == "medsam_agent":
