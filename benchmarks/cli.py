@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--out",
-        help="results folder (default: $MEDSEG_BENCH_DIR/<hash> or "
-        "~/.cache/medseg-env/bench/<hash>)",
+        help="results folder (default: $MEDSEG_BENCH_DIR/<config-hash>-<weights-hash> or "
+        "~/.cache/medseg-env/bench/<config-hash>-<weights-hash>)",
     )
     run.add_argument("--examples", type=int, default=4, help="samples in examples.png (default 4)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG figures")

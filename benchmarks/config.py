@@ -176,13 +176,19 @@ def episode_seed(seed: int, policy: str, dataset: str, segmenter: str, sample_id
     return stable_int("episode", seed, policy, dataset, segmenter, sample_id)
 
 
-def default_out_dir(config: BenchConfig) -> Path:
-    """``$MEDSEG_BENCH_DIR/<hash>``, else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/bench/<hash>``.
+def default_out_dir(config: BenchConfig, models: Mapping[str, str] | None = None) -> Path:
+    """``$MEDSEG_BENCH_DIR/<name>``, else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/bench/<name>``.
 
-    Never the current directory; one folder per config, so different configs never collide.
+    ``<name>`` is the config hash, followed by ``-<8 hex>`` of the segmenters' ``model_id``s
+    when ``models`` is given, so that new weights under the same segmenter name (an upgrade)
+    get a new folder instead of a refused resume. Never the current directory.
     """
     base = os.environ.get(OUT_DIR_ENV)
     if not base:
         cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         base = str(Path(cache) / "medseg-env" / "bench")
-    return Path(base).expanduser() / config.hash()
+    name = config.hash()
+    if models:
+        blob = json.dumps(dict(sorted(models.items())), separators=(",", ":")).encode()
+        name += "-" + hashlib.sha256(blob).hexdigest()[:8]
+    return Path(base).expanduser() / name

@@ -149,7 +149,8 @@ def run_benchmark(
 
     Args:
         config: what to run; an empty ``policies`` means every registered policy.
-        out_dir: the results folder (default ``config.default_out_dir``: never the cwd).
+        out_dir: the results folder (default ``config.default_out_dir`` of the config and the
+            segmenters' weights: never the cwd).
         policies: extra policies by label (a ``Policy`` or a factory), e.g. for tests; they
             are identified by label only in the config and its hash.
         datasets: datasets by spec, used instead of ``load_dataset(spec)``.
@@ -162,7 +163,7 @@ def run_benchmark(
     """
     started = time.perf_counter()
     plan = make_plan(config, policies, datasets)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(plan.config)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(plan.config, model_ids(plan))
     check_out_dir(out, plan)
 
     out.mkdir(parents=True, exist_ok=True)

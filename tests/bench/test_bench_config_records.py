@@ -81,6 +81,18 @@ def test_default_out_dir_is_never_the_cwd(tmp_path, monkeypatch):
     assert default_out_dir(config) == expected
 
 
+def test_default_out_dir_changes_with_the_weights(tmp_path):
+    # An upgrade ships new weights under the same segmenter name: a fresh folder, not a
+    # refused resume of the old one.
+    config = BenchConfig(policies=("ritm",))
+    old = default_out_dir(config, {"litemedsam_clicks": "litemedsam_clicks-000b23bd4923"})
+    new = default_out_dir(config, {"litemedsam_clicks": "litemedsam_clicks-ee1352077434"})
+    assert old != new
+    assert old.parent == new.parent == tmp_path / "default-bench-dir"
+    assert old.name.startswith(config.hash() + "-") and new.name.startswith(config.hash() + "-")
+    assert old == default_out_dir(config, {"litemedsam_clicks": "litemedsam_clicks-000b23bd4923"})
+
+
 def _record(sample: str) -> EpisodeRecord:
     step = Step(1, "box", None, 0.5, 0.33, 0.4, float("inf"), 0, 1)
     return EpisodeRecord("p", "d", "m", sample, 0, "CT", "t", "src", 1, 3, False, (step,))
