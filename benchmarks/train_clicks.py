@@ -406,7 +406,7 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample BCE + soft-Dice loss, ``(B,)``."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((1, 2, 3))
-    return bce + 1 - soft_dice(logits, target)
+    return bce + (1 - soft_dice(logits, target))
 
 
 def regression_loss(dice: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -470,7 +470,12 @@ def weights_metadata(args: argparse.Namespace, names: list[str]) -> dict[str, st
         "regress_weight",
     )
     recipe = {k: getattr(args, k) for k in keys}
-    return {"base": "litemedsam", "recipe": json.dumps(recipe), "items": json.dumps(names)}
+    meta = {"base": "litemedsam", "recipe": json.dumps(recipe), "items": json.dumps(names)}
+    if args.init is not None:  # a warm start: which weights it started from
+        from medseg_env.segmenters.checkpoints import file_sha256
+
+        meta["init_sha256"] = file_sha256(args.init)
+    return meta
 
 
 FAMILY_WEIGHTS = {"pyradiomics": 0.5, "stardist": 0.2, "nilearn": 0.1, "procedural": 0.2}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from medseg_bench.train_clicks import (
     family_weights,
     regression_loss,
     target_frame,
+    weights_metadata,
     zoom_out,
 )
 
@@ -52,6 +55,23 @@ def test_regression_loss_penalises_only_a_round_that_got_worse():
     worse = regression_loss(torch.tensor([0.6, 0.95]), torch.tensor([0.8, 0.9]))
     assert better.item() == 0.0
     assert worse.item() == pytest.approx(0.1)  # (0.2 + 0) / 2
+
+
+def test_weights_metadata_records_the_recipe_and_a_warm_start(tmp_path):
+
+    init = tmp_path / "stage1.safetensors"
+    init.write_bytes(b"stage-1 weights")
+    keys = dict(
+        seed=3, data_seed=0, iters=200, batch=4, lr=1e-4, min_rounds=1, max_rounds=5,
+        last_weight=3.0, p_box=0.6, p_exact=0.5, p_grad=1.0, p_no_mask=0.2, click_weight=0.2,
+        warmup=10, zoom_outs=2, box_weight=3.0, family_weights=dict(FAMILY_WEIGHTS),
+        regress_weight=3.0,
+    )  # fmt: skip
+    cold = weights_metadata(argparse.Namespace(**keys, init=None), ["a", "b"])
+    assert json.loads(cold["recipe"])["regress_weight"] == 3.0
+    assert json.loads(cold["items"]) == ["a", "b"] and "init_sha256" not in cold
+    warm = weights_metadata(argparse.Namespace(**keys, init=init), ["a"])
+    assert warm["init_sha256"] == hashlib.sha256(b"stage-1 weights").hexdigest()
 
 
 def test_zoom_out_shrinks_the_lesion_and_keeps_it_aligned():
