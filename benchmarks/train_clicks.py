@@ -567,8 +567,10 @@ def train(args: argparse.Namespace) -> None:
     w /= w.sum()
     frames = {}
 
+    # Once: it hashes the --init file, and nothing in it changes between checkpoints.
+    metadata = weights_metadata(args, [it.name for it in items])
+
     def save(path: Path) -> None:
-        metadata = weights_metadata(args, [it.name for it in items])
         save_file(click_state(pe, md), str(path), metadata=metadata)
 
     (args.out / "config.json").write_text(

@@ -58,7 +58,6 @@ def test_regression_loss_penalises_only_a_round_that_got_worse():
 
 
 def test_weights_metadata_records_the_recipe_and_a_warm_start(tmp_path):
-
     init = tmp_path / "stage1.safetensors"
     init.write_bytes(b"stage-1 weights")
     keys = dict(
