@@ -14,12 +14,18 @@ both empty         1.0         1.0         0.0         0.0
 exactly one empty  0.0         0.0         ``inf``     ``inf``
 =================  ==========  ==========  ==========  ==============
 
-Surfaces (for :func:`nsd`, :func:`hd95`, :func:`hausdorff_distance`, :func:`surface_distances`)
-are the boundary pixels of a mask: foreground pixels with at least one 4-neighbour (up, down,
-left, right) that is background *or outside the image*. So a target touching the image border
-has its border pixels on its surface, and a mask covering the whole image has a surface (its
-outer ring). Distances are Euclidean between pixel centres, in millimetres, with
-``spacing = (row_mm, col_mm)`` the pixel size along rows (y) and columns (x).
+Surfaces (for :func:`hd95`, :func:`hausdorff_distance`, :func:`surface_distances`) are the
+boundary pixels of a mask: foreground pixels with at least one 4-neighbour (up, down, left,
+right) that is background *or outside the image*. So a target touching the image border has its
+border pixels on its surface, and a mask covering the whole image has a surface (its outer
+ring). Distances are Euclidean between pixel centres, in millimetres, with
+``spacing = (row_mm, col_mm)`` the pixel size along rows (y) and columns (x). This is medpy's
+surface, and :func:`hd95` equals medpy's ``hd95``.
+
+:func:`nsd` instead follows the field's reference, DeepMind's ``surface-distance``
+(``compute_surface_distances`` + ``compute_surface_dice_at_tolerance``, as copied by MedSAM's
+evaluation): its surface is made of contour elements weighted by their length in millimetres
+(see :func:`nsd`), with the outside of the image again counted as background.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "NSD_TOLERANCE_MM",
     "area_under_curve",
-    "bounding_box",
     "dice",
     "dice_iou",
     "hausdorff_distance",
@@ -45,6 +51,10 @@ __all__ = [
 ]
 
 Spacing = tuple[float, float]
+
+#: Default tolerance of :func:`nsd`, in millimetres (the one place it is set: the benchmark's
+#: config and CLI default to it).
+NSD_TOLERANCE_MM = 2.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,18 +192,58 @@ def surface_distances(
     return _directed_distances(p, g, sp)
 
 
+def _contour_length_table(spacing: Spacing) -> np.ndarray:
+    """Length in mm of the contour crossing a 2x2 cell of pixel centres, for each cell code.
+
+    A cell's code has bit 8 for its top-left pixel being foreground, 4 top-right, 2 bottom-left,
+    1 bottom-right. Marching squares joins the midpoints of the cell sides whose two ends differ:
+    one corner apart from the other three cuts that corner with a segment half the cell's
+    diagonal long; two pixels side by side split the cell with a segment one pixel long, across
+    (``col_mm`` for a top or bottom pair, ``row_mm`` for a left or right pair); two diagonal
+    pixels (a saddle) give two half-diagonal segments. Codes 0 and 15 have no contour.
+    """
+    row_mm, col_mm = spacing
+    half_diag = 0.5 * math.hypot(row_mm, col_mm)
+    table = np.full(16, half_diag)
+    table[0b0000] = table[0b1111] = 0.0
+    table[0b1100] = table[0b0011] = col_mm
+    table[0b1010] = table[0b0101] = row_mm
+    table[0b1001] = table[0b0110] = 2.0 * half_diag
+    return table
+
+
+def _cell_codes(mask: np.ndarray) -> np.ndarray:
+    """Codes of the ``(H + 1, W + 1)`` cells of a mask padded with one background pixel around.
+
+    Cell ``(i, j)`` has the pixels ``(i - 1 .. i, j - 1 .. j)`` of ``mask`` as its corners.
+    """
+    q = np.pad(mask.astype(np.uint8), 1)
+    return (q[:-1, :-1] << 3) | (q[:-1, 1:] << 2) | (q[1:, :-1] << 1) | q[1:, 1:]
+
+
 def nsd(
     pred: np.ndarray,
     gt: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0),
-    tolerance_mm: float = 2.0,
+    tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> float:
     """Normalised surface Dice (Nikolov et al., 2021) of two ``(H, W)`` masks, in ``[0, 1]``.
 
-    ``(|{s in S_p : d(s, S_g) <= tol}| + |{s in S_g : d(s, S_p) <= tol}|) / (|S_p| + |S_g|)``
-    with ``S_p``, ``S_g`` the surface pixels (each pixel weighs 1), distances in millimetres
-    using ``spacing = (row_mm, col_mm)``, and ``tol = tolerance_mm`` (inclusive: a distance
-    exactly equal to the tolerance counts as within). Both empty -> 1.0; exactly one empty -> 0.0.
+    As DeepMind's ``surface-distance`` computes it (``compute_surface_dice_at_tolerance`` of
+    ``compute_surface_distances``; MedSAM's evaluation uses a copy), which this equals to
+    floating-point rounding. The surface of a mask is the set of cells of the dual grid (2x2
+    blocks of pixel centres, the mask padded with background) whose four pixels are not all
+    equal; each such cell weighs the length in mm of the marching-squares contour through it
+    (see ``_contour_length_table``) and sits at its centre for distances. Then
+    ``(L_p(d(., S_g) <= tol) + L_g(d(., S_p) <= tol)) / (L_p + L_g)``: the contour length of each
+    surface lying within ``tol = tolerance_mm`` (inclusive) of the other surface, over the total
+    length of both. Distances are Euclidean in millimetres with ``spacing = (row_mm, col_mm)``.
+
+    Both empty -> 1.0; exactly one empty -> 0.0. (The reference gives NaN (0/0) when both are
+    empty. When exactly one is, its formula gives 0.0, every distance to the missing surface
+    being infinite, though ``surface-distance`` 0.1 itself raises ``AttributeError`` there under
+    NumPy 2: it uses the removed ``np.Inf``.) MONAI's ``compute_surface_dice(...,
+    use_subvoxels=True)`` computes the same value in float32 (NaN / 0.0 for the empty cases).
     """
     p, g = _pair(pred, gt)
     sp = _spacing(spacing)
@@ -205,9 +255,25 @@ def nsd(
         return 1.0
     if not has_p or not has_g:
         return 0.0
-    d_pg, d_gp = _directed_distances(p, g, sp)
-    within = int(np.count_nonzero(d_pg <= tol)) + int(np.count_nonzero(d_gp <= tol))
-    return within / (d_pg.size + d_gp.size)
+    # Work on the bounding box of the union (exact: all cells with a contour lie in the padded
+    # box, and the padding says what the rest of the image says, background).
+    union = p | g
+    rows = np.flatnonzero(union.any(axis=1))
+    cols = np.flatnonzero(union.any(axis=0))
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    code_p = _cell_codes(p[r0:r1, c0:c1])
+    code_g = _cell_codes(g[r0:r1, c0:c1])
+    surf_p = (code_p != 0) & (code_p != 15)
+    surf_g = (code_g != 0) & (code_g != 15)
+    lengths = _contour_length_table(sp)
+    len_p = lengths[code_p[surf_p]]
+    len_g = lengths[code_g[surf_g]]
+    # Distance from every cell to the nearest surface cell of the other mask.
+    d_pg = ndimage.distance_transform_edt(~surf_g, sampling=sp)[surf_p]
+    d_gp = ndimage.distance_transform_edt(~surf_p, sampling=sp)[surf_g]
+    within = float(len_p[d_pg <= tol].sum()) + float(len_g[d_gp <= tol].sum())
+    return within / (float(len_p.sum()) + float(len_g.sum()))
 
 
 def hausdorff_distance(
@@ -307,22 +373,3 @@ def area_under_curve(values: Sequence[float]) -> float:
     if arr.size == 0:
         raise ValueError("area_under_curve needs at least one value")
     return float(arr.mean())
-
-
-# ---------------------------------------------------------------------------------------------
-# Geometry
-# ---------------------------------------------------------------------------------------------
-
-
-def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight box ``(r0, c0, r1, c1)`` of the non-zero pixels of an ``(H, W)`` mask.
-
-    Row/column pixel indices, both ends inclusive (so a single pixel at ``(r, c)`` gives
-    ``(r, c, r, c)``). ``None`` if the mask is empty.
-    """
-    m = _mask(mask)
-    rows = np.flatnonzero(m.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(m.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])

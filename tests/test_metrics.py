@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.distance import cdist
 from scipy.spatial.distance import dice as scipy_dice_distance
 from scipy.spatial.distance import jaccard as scipy_jaccard_distance
 from skimage.metrics import hausdorff_distance as skimage_hausdorff
 
 from medseg_env.metrics import (
+    NSD_TOLERANCE_MM,
     area_under_curve,
-    bounding_box,
     dice,
     dice_iou,
     hausdorff_distance,
@@ -51,9 +53,41 @@ def ref_hd(pred, gt, spacing, q):
     return float(np.percentile(np.concatenate([d_pg, d_gp]), q))
 
 
+def ref_surface_elements(mask, spacing):
+    """Centres (mm) and contour lengths (mm) of the surface elements of ``mask``, by brute force.
+
+    One element per 2x2 cell of pixel centres (image padded with background) whose pixels
+    differ; its length is that of the marching-squares segments joining the midpoints of the
+    cell sides with differing ends (two such sides: one segment; a saddle, four sides: two
+    segments, each cutting off one corner).
+    """
+    sr, sc = spacing
+    m = np.pad(mask.astype(bool), 1)
+    tl, tr, bl, br = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
+    differs = {"top": tl != tr, "bottom": bl != br, "left": tl != bl, "right": tr != br}
+    mid = {"top": (0.0, 0.5), "bottom": (1.0, 0.5), "left": (0.5, 0.0), "right": (0.5, 1.0)}
+
+    def seg(a, b):
+        return math.hypot((mid[a][0] - mid[b][0]) * sr, (mid[a][1] - mid[b][1]) * sc)
+
+    count = sum(d.astype(int) for d in differs.values())  # 0, 2 or 4 sides
+    names = list(differs)
+    one_segment = sum(
+        (differs[a] & differs[b]) * seg(a, b) for k, a in enumerate(names) for b in names[k + 1 :]
+    )
+    length = np.where(count == 4, seg("top", "left") + seg("bottom", "right"), one_segment)
+    on_surface = count > 0
+    centres = np.argwhere(on_surface) * np.asarray(spacing, dtype=float)
+    return centres, length[on_surface]
+
+
 def ref_nsd(pred, gt, spacing, tol):
-    d_pg, d_gp = ref_directed(pred, gt, spacing)
-    return (np.sum(d_pg <= tol) + np.sum(d_gp <= tol)) / (d_pg.size + d_gp.size)
+    """NSD with surface elements weighted by contour length (DeepMind's definition)."""
+    cp, lp = ref_surface_elements(pred, spacing)
+    cg, lg = ref_surface_elements(gt, spacing)
+    d = cdist(cp, cg)
+    d_pg, d_gp = d.min(axis=1), d.min(axis=0)
+    return (lp[d_pg <= tol].sum() + lg[d_gp <= tol].sum()) / (lp.sum() + lg.sum())
 
 
 def random_blobs(rng: np.random.Generator, shape=(48, 48), n=3) -> np.ndarray:
@@ -136,8 +170,6 @@ def test_rejects_non_binary_masks(bad):
 def test_rejects_non_2d():
     with pytest.raises(ValueError, match="2D"):
         dice(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 3), bool))
-    with pytest.raises(ValueError, match="2D"):
-        bounding_box(np.zeros(5, bool))
 
 
 @pytest.mark.parametrize(
@@ -192,8 +224,13 @@ def test_parallel_lines_hand_computed():
     pred, gt = _lines()
     assert hd95(pred, gt) == pytest.approx(2.0)
     assert hausdorff_distance(pred, gt) == pytest.approx(2.0)
+    # NSD's surface elements sit between pixel centres: each 1-pixel line has two rows of them,
+    # of equal length (half above, half below the line). gt's lower row is 1 from pred's upper
+    # row, its upper row 2 from it (and the same the other way round).
     assert nsd(pred, gt, tolerance_mm=2.0) == 1.0  # tolerance is inclusive
-    assert nsd(pred, gt, tolerance_mm=1.9) == 0.0
+    assert nsd(pred, gt, tolerance_mm=1.9) == pytest.approx(0.5)
+    assert nsd(pred, gt, tolerance_mm=1.0) == pytest.approx(0.5)
+    assert nsd(pred, gt, tolerance_mm=0.9) == 0.0
     d_pg, d_gp = surface_distances(pred, gt)
     np.testing.assert_allclose(d_pg, 2.0)
     np.testing.assert_allclose(d_gp, 2.0)
@@ -203,8 +240,9 @@ def test_anisotropic_spacing_hand_computed():
     pred, gt = _lines()  # offset of 2 rows, no column offset
     assert hd95(pred, gt, spacing=(2.0, 0.5)) == pytest.approx(4.0)
     assert hd95(pred, gt, spacing=(0.5, 2.0)) == pytest.approx(1.0)
-    assert nsd(pred, gt, spacing=(0.5, 2.0), tolerance_mm=1.0) == 1.0
-    assert nsd(pred, gt, spacing=(2.0, 0.5), tolerance_mm=3.0) == 0.0
+    assert nsd(pred, gt, spacing=(0.5, 2.0), tolerance_mm=1.0) == 1.0  # elements 0.5 and 1 away
+    assert nsd(pred, gt, spacing=(2.0, 0.5), tolerance_mm=3.0) == pytest.approx(0.5)  # 2 and 4
+    assert nsd(pred, gt, spacing=(2.0, 0.5), tolerance_mm=1.9) == 0.0
 
     # Single pixels: 3 rows and 4 columns apart.
     a = np.zeros((10, 10), dtype=bool)
@@ -221,8 +259,17 @@ def test_nsd_partial_hand_computed():
     pred = np.zeros((6, 12), dtype=bool)
     gt[2, 2:7] = True  # 5 pixels, each 1 from pred
     pred[3, 2:9] = True  # 7 pixels: 5 at 1, one at sqrt(2), one at sqrt(5) from gt
-    assert nsd(pred, gt, tolerance_mm=1.5) == pytest.approx(11 / 12)
-    assert nsd(pred, gt, tolerance_mm=1.0) == pytest.approx(10 / 12)
+    # Surface elements (cells of 2x2 pixel centres, indexed by their lower-right pixel): gt has
+    # rows 2-3, columns 2-7; pred rows 3-4, columns 2-9. A row of elements is two end cells of
+    # length h = sqrt(2)/2 and unit cells between: gt rows 4 + 2h long, pred rows 6 + 2h.
+    h = math.sqrt(2) / 2
+    total = 2 * (4 + 2 * h) + 2 * (6 + 2 * h)
+    # gt row 3 lies on pred's row 3 (0), gt row 2 is 1 away. pred row 3: columns 2-7 at 0,
+    # column 8 at 1, column 9 (an end, h) at 2; pred row 4: columns 2-7 at 1, column 8 (unit)
+    # at sqrt(2), column 9 (h) at sqrt(5).
+    assert nsd(pred, gt, tolerance_mm=0.5) == pytest.approx((4 + 2 * h + h + 5) / total)
+    assert nsd(pred, gt, tolerance_mm=1.0) == pytest.approx((total - 1 - 2 * h) / total)
+    assert nsd(pred, gt, tolerance_mm=1.5) == pytest.approx((total - 2 * h) / total)
     assert nsd(pred, gt, tolerance_mm=3.0) == 1.0
     assert hausdorff_distance(pred, gt) == pytest.approx(math.sqrt(5))
     # pooled distances: ten 1s, one sqrt(2), one sqrt(5)
@@ -241,7 +288,12 @@ def test_target_touching_the_border():
     d_pg, d_gp = surface_distances(pred, gt)
     assert sorted(d_pg.tolist()) == [0.0] * 8 + [1.0] * 2
     assert sorted(d_gp.tolist()) == [0.0] * 8 + [1.0] * 4
-    assert nsd(pred, gt, tolerance_mm=0.5) == pytest.approx(16 / 22)
+    # NSD elements: gt's ring of 5x5 cells, 12 unit sides and 4 corners of h = sqrt(2)/2;
+    # pred's ring of 5x4 cells, 10 unit sides and 4 corners. Off by 1 (the rest are shared):
+    # pred's right column of 3 units; gt's right column of 3 units and 2 corners.
+    h = math.sqrt(2) / 2
+    total = (12 + 4 * h) + (10 + 4 * h)
+    assert nsd(pred, gt, tolerance_mm=0.5) == pytest.approx((total - 6 - 2 * h) / total)
     assert nsd(pred, gt, tolerance_mm=1.0) == 1.0
     assert hd95(pred, gt) == pytest.approx(1.0)
     assert hd95(pred, gt, spacing=(1.0, 3.0)) == pytest.approx(3.0)
@@ -334,6 +386,68 @@ def test_nsd_monotone_in_tolerance():
             assert values[-1] == 1.0
 
 
+def test_nsd_default_tolerance():
+    assert NSD_TOLERANCE_MM == 2.0
+    pred, gt = _lines()
+    assert nsd(pred, gt) == nsd(pred, gt, tolerance_mm=NSD_TOLERANCE_MM)
+    assert nsd(pred, gt) != nsd(pred, gt, tolerance_mm=1.0)  # 1.0 vs 0.5: the default is used
+
+
+def _boundary_noise(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flip about a third of the pixels within one pixel of the boundary."""
+    band = ndimage.binary_dilation(m ^ ndimage.binary_erosion(m))
+    return m ^ (band & (rng.random(m.shape) < 0.3))
+
+
+_PERTURBATIONS = (
+    lambda m, rng: ndimage.binary_dilation(m, iterations=int(rng.integers(1, 4))),
+    lambda m, rng: ndimage.binary_erosion(m, iterations=int(rng.integers(1, 3))),
+    lambda m, rng: np.roll(m, tuple(int(v) for v in rng.integers(-4, 5, size=2)), axis=(0, 1)),
+    lambda m, rng: m ^ (rng.random(m.shape) < 0.01),  # salt-and-pepper noise
+    _boundary_noise,
+)
+
+
+def test_nsd_matches_deepmind_surface_distance_on_real_masks(demo):
+    """``nsd`` equals DeepMind's ``surface-distance`` (the dev extra installs it) to 1e-6."""
+    import surface_distance  # the reference: `pip install -e .[dev]`
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for k, sample in enumerate(demo):
+        gt = sample.mask
+        for pert in (_PERTURBATIONS[k % 5], _PERTURBATIONS[(k + 2) % 5]):
+            pred = pert(gt, rng)
+            if not pred.any():
+                continue
+            for spacing in (tuple(sample.spacing), (0.5, 1.5), (1.2, 0.7)):
+                with warnings.catch_warnings():  # its scipy.ndimage.filters/morphology imports
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    dists = surface_distance.compute_surface_distances(gt, pred, spacing)
+                for tol in (1.0, 2.0):
+                    expected = surface_distance.compute_surface_dice_at_tolerance(dists, tol)
+                    assert nsd(pred, gt, spacing, tol) == pytest.approx(expected, abs=1e-6)
+                    compared += 1
+    assert compared >= 900
+
+
+def test_bruteforce_nsd_reference_matches_deepmind():
+    """The brute-force ``ref_nsd`` above is DeepMind's definition too (so the tests using it
+    check the same thing), including on masks touching the image border."""
+    import surface_distance
+
+    for i, (pred, gt) in enumerate(random_pairs(seed=9, count=12, shape=(24, 20))):
+        if not pred.any() or not gt.any():
+            continue
+        spacing = [(1.0, 1.0), (0.5, 1.5), (1.2, 0.7)][i % 3]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dists = surface_distance.compute_surface_distances(gt, pred, spacing)
+        for tol in (0.0, 1.0, 2.0):
+            expected = surface_distance.compute_surface_dice_at_tolerance(dists, tol)
+            assert ref_nsd(pred, gt, spacing, tol) == pytest.approx(expected, abs=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # NoC / NoF / AUC
 # ---------------------------------------------------------------------------------------------
@@ -392,21 +506,3 @@ def test_area_under_curve():
         assert 0.0 <= area_under_curve(v) <= 1.0
     with pytest.raises(ValueError):
         area_under_curve([])
-
-
-# ---------------------------------------------------------------------------------------------
-# Bounding box
-# ---------------------------------------------------------------------------------------------
-
-
-def test_bounding_box():
-    m = np.zeros((6, 8), dtype=np.uint8)
-    assert bounding_box(m) is None
-    m[2, 3] = 1
-    assert bounding_box(m) == (2, 3, 2, 3)
-    m[4, 1] = 1
-    m[3, 7] = 1
-    box = bounding_box(m)
-    assert box == (2, 1, 4, 7)
-    assert all(type(v) is int for v in box)
-    assert bounding_box(np.ones((3, 5), dtype=bool)) == (0, 0, 2, 4)
