@@ -1,7 +1,9 @@
-"""The bundled demo dataset, and the script that builds it (run on synthetic sources)."""
+"""The bundled demo and held-out datasets, and the script that builds them (run on synthetic
+sources)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -14,10 +16,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg_env.data import demo_dataset, load_dataset, load_npz
+from medseg_env.data import (
+    available_datasets,
+    demo_dataset,
+    demo_heldout_dataset,
+    load_dataset,
+    load_npz,
+)
 
 DEMO_DIR = Path(str(resources.files("medseg_env.data").joinpath("demo")))
 EXPECTED_SAMPLES = {"brain1": 6, "lung1": 3, "breast1": 3, "nuclei": 78}
+HELDOUT_DIR = Path(str(resources.files("medseg_env.data").joinpath("demo_heldout")))
+HELDOUT_SAMPLES = {"brain2": 3, "lung2": 6, "nuclei": 75}
+HELDOUT_IMAGES = {"brain2": 3, "lung2": 6, "nuclei": 8}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +80,72 @@ def test_demo_lung_tumour_contrasts_with_lung(demo) -> None:
         grey = s.image[..., 0].astype(float)
         ring = ndimage.binary_dilation(s.mask, iterations=4) & ~s.mask
         assert grey[s.mask].mean() - grey[ring].mean() > 40
+
+
+# --- the bundled held-out split ("demo-heldout") ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return demo_heldout_dataset()
+
+
+def image_stem(sample_id: str) -> str:
+    return sample_id.split("/", 1)[0]
+
+
+def test_heldout_counts_shapes_and_modalities(heldout) -> None:
+    assert heldout.name == "demo-heldout"
+    assert Counter(s.source_id for s in heldout) == HELDOUT_SAMPLES
+    images = {(s.source_id, image_stem(s.sample_id)) for s in heldout}
+    assert Counter(source for source, _ in images) == HELDOUT_IMAGES
+    assert heldout.modalities == ("CT", "MR", "microscopy")
+    by_source = {s.source_id: s.modality for s in heldout}
+    assert by_source == {"brain2": "MR", "lung2": "CT", "nuclei": "microscopy"}
+    for s in heldout:
+        side = 128 if s.modality == "microscopy" else 256
+        assert s.image.shape == (side, side, 3) and s.image.dtype == np.uint8
+        assert s.mask.shape == (side, side) and s.mask.dtype == bool
+        assert s.mask.sum() >= (20 if s.modality == "microscopy" else 30)
+        assert s.target == ("nucleus" if s.modality == "microscopy" else "tumour")
+
+
+def test_heldout_shares_nothing_with_demo(demo, heldout) -> None:
+    assert {s.source_id for s in heldout} - {"nuclei"} == {"brain2", "lung2"}
+    assert not {"brain1", "lung1", "breast1"} & {s.source_id for s in heldout}
+    rows = {
+        int(m.group(1)) for s in heldout if (m := re.match(r"nuclei_r(\d+)_c\d+/", s.sample_id))
+    }
+    assert rows == {256, 384}  # nuclei tiles from the bottom half (rows 256-511) only
+    assert not {s.sample_id for s in demo} & {s.sample_id for s in heldout}
+    demo_files = {p.name for p in DEMO_DIR.glob("*.npz")}
+    assert not demo_files & {p.name for p in HELDOUT_DIR.glob("*.npz")}
+
+    def digests(ds):
+        return {hashlib.sha256(s.image.tobytes()).hexdigest() for s in ds}
+
+    assert len(digests(heldout)) == sum(HELDOUT_IMAGES.values())  # one per image, all different
+    assert not digests(demo) & digests(heldout)  # no image in common
+
+
+def test_heldout_files_and_registration(heldout) -> None:
+    files = sorted(HELDOUT_DIR.glob("*.npz"))
+    assert len(files) == sum(HELDOUT_IMAGES.values())
+    assert sum(p.stat().st_size for p in files) < 5_000_000
+    manifest = json.loads((HELDOUT_DIR / "manifest.json").read_text())
+    assert manifest["name"] == "demo-heldout" and manifest["format"] == "npz"
+    listed = [item["path"] for item in manifest["items"]]
+    assert all((HELDOUT_DIR / path).is_file() for path in listed)
+    assert sorted(listed) == [p.name for p in files]
+    for name in ("PROVENANCE.md", "LICENSE-pyradiomics.txt", "LICENSE-stardist.txt"):
+        assert (HELDOUT_DIR / name).stat().st_size > 500
+        if name.startswith("LICENSE"):
+            assert (HELDOUT_DIR / name).read_bytes() == (DEMO_DIR / name).read_bytes()
+    assert "demo-heldout" in available_datasets()
+    loaded = load_dataset("demo-heldout")
+    assert loaded.name == "demo-heldout"
+    assert [s.sample_id for s in loaded] == [s.sample_id for s in heldout]
+    assert len(load_npz(HELDOUT_DIR)) == len(heldout)
 
 
 # --- build_demo.py on synthetic stand-ins for the real sources ----------------------------------
@@ -132,3 +209,19 @@ def test_build_script_splits_and_reproducibility(
     held = tmp_path / "held"
     with pytest.raises(FileNotFoundError, match="brain2_image.nrrd"):
         build.main([*args[:-1], str(held), "--split", "heldout"])
+
+
+def test_build_script_name_option_only_changes_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = load_build_script(monkeypatch)
+    pyrad, sd = fake_sources(tmp_path)
+    common = ["--pyradiomics", str(pyrad), "--stardist", str(sd)]
+    assert build.main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert build.main([*common, "--out", str(tmp_path / "b"), "--name", "demo-x"]) == 0
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab"]
+    assert [m["name"] for m in manifests] == ["demo", "demo-x"]  # default: the split's name
+    assert manifests[0]["items"] == manifests[1]["items"]
+    npz = [{p.name: p.read_bytes() for p in (tmp_path / d).glob("*.npz")} for d in "ab"]
+    assert npz[0] == npz[1] and npz[0]
+    assert load_dataset(tmp_path / "b" / "manifest.json").name == "demo-x"

@@ -11,8 +11,8 @@ Sources (see PROVENANCE.md next to this file):
 Splits:
 
 * ``demo`` (default): brain1 (MR), lung1 (CT), breast1 (MR) and the nuclei image rows 0-255.
-* ``heldout``: brain2 (MR), lung2 (CT) and nuclei rows 256-511, kept out of the package for
-  model training / evaluation.
+* ``heldout``: brain2 (MR), lung2 (CT) and nuclei rows 256-511, never used for model
+  training; bundled separately as ``medseg_env/data/demo_heldout`` (``--name demo-heldout``).
 
 Output: one MedSAM-style ``.npz`` per 2D image (``imgs`` (H, W, 3) uint8, ``gts`` (H, W)
 uint16 label map, ``spacing`` (2,) float64 mm, ``modality``, ``label_names`` JSON,
@@ -21,7 +21,7 @@ uint16 label map, ``spacing`` (2,) float64 mm, ``modality``, ``label_names`` JSO
 Usage::
 
     python medseg_env/data/demo/build_demo.py --pyradiomics DIR --stardist DIR \
-        --out medseg_env/data/demo [--split demo|heldout] [--clean]
+        --out medseg_env/data/demo [--split demo|heldout] [--name NAME] [--clean]
 """
 
 from __future__ import annotations
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stardist", type=Path, required=True, help="unpacked stardist wheel")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--split", choices=sorted(SPLIT_CASES), default="demo")
+    parser.add_argument("--name", help="dataset name in manifest.json (default: the split)")
     parser.add_argument("--clean", action="store_true", help="delete old *.npz in --out first")
     args = parser.parse_args(argv)
 
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     for stem, arrays in items:
         save_npz(args.out / f"{stem}.npz", arrays)
     manifest = {
-        "name": args.split,
+        "name": args.name or args.split,
         "format": "npz",
         "description": f"built by build_demo.py --split {args.split}; see PROVENANCE.md",
         "items": [{"path": f"{stem}.npz"} for stem, _ in items],
