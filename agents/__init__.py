@@ -1,35 +1,22 @@
 """Reference policies for medseg-env (installed as ``medseg_agents``).
 
-``make_policy(name, **kwargs)`` builds one by its short name (``POLICIES``): ``ritm``,
-``imis``, ``oracle_box``, ``hybrid_expert``, ``random``.
+``make_policy(name, **kwargs)`` builds one by its registered name: ``oracle_box``,
+``hybrid_expert``, ``ritm``, ``imis``, ``random`` (in that order, the benchmark's table order).
+Add your own with ``register_policy(name, factory)`` or the ``medseg_agents.policies``
+entry-point group.
 """
-
-from typing import Any
 
 from .base import Policy
 from .clickers import IMISClicker, RITMClicker
 from .oracle import HybridExpert, OracleBox
 from .random_policy import RandomPolicy
+from .registry import POLICIES, make_policy, register_policy, registered_policies
 
-POLICIES: dict[str, type[Policy]] = {
-    "ritm": RITMClicker,
-    "imis": IMISClicker,
-    "oracle_box": OracleBox,
-    "hybrid_expert": HybridExpert,
-    "random": RandomPolicy,
-}
-
-
-def make_policy(name: str, **kwargs: Any) -> Policy:
-    """The policy registered as ``name``, built with ``kwargs`` (e.g. ``seed=0``).
-
-    Raises:
-        ValueError: for an unknown name, listing the known ones.
-    """
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
-    return POLICIES[name](**kwargs)
-
+register_policy("oracle_box", OracleBox)
+register_policy("hybrid_expert", HybridExpert)
+register_policy("ritm", RITMClicker)
+register_policy("imis", IMISClicker)
+register_policy("random", RandomPolicy)
 
 __all__ = [
     "POLICIES",
@@ -40,4 +27,6 @@ __all__ = [
     "RITMClicker",
     "RandomPolicy",
     "make_policy",
+    "register_policy",
+    "registered_policies",
 ]

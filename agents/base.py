@@ -3,9 +3,11 @@
 A policy maps an observation and its ``info`` to an action of ``MedSeg-v0``
 (``medseg_env.actions``). Policies keep no per-episode state of their own: whatever they need
 to know about the episode so far they read from the observation, ``info`` (``turn``,
-``num_clicks``...) or, for oracle and expert policies only, from the env they are given,
-through its documented oracle attributes (``env.unwrapped.ground_truth``, ``.prompts``,
-``.preview(action)``). That keeps them usable for many episodes at once (``act_batch``).
+``num_clicks``...) or, for oracle and expert policies only, from the env's typed oracle
+surface (``medseg_env.Oracle``: the ground truth, the accepted prompts, ``preview(action)``,
+``supports(kind)``, the minimum box size, the observation size), reached with
+``env.get_wrapper_attr("oracle")`` so that wrappers stay transparent. That keeps them usable
+for many episodes at once (``act_batch``).
 
 Randomness comes from ``self.rng``, reset by ``seed(seed)``; the benchmark seeds every
 episode, so results do not depend on which episodes ran before.
@@ -21,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from medseg_env.actions import Action
+from medseg_env.oracle import Oracle
 
 Observation = dict[str, np.ndarray]
 Info = dict[str, Any]
@@ -74,8 +77,8 @@ class Policy(ABC):
             )
         return [self.act(o, i, e) for o, i, e in zip(observations, infos, envs, strict=True)]
 
-    def _oracle(self, env: gym.Env | None):
-        """The unwrapped env, for oracle access; a clear error when none was given."""
+    def _oracle(self, env: gym.Env | None) -> Oracle:
+        """The env's oracle surface, through its wrappers; a clear error when none was given."""
         if env is None:
             raise ValueError(f"{self.name} is an oracle policy: pass the env to act()")
-        return env.unwrapped
+        return env.get_wrapper_attr("oracle")

@@ -1,31 +1,29 @@
 """Simulated users that click on the segmentation error: the RITM and IMIS-Bench protocols.
 
-Both policies are oracles: they read the ground truth through ``env.unwrapped.ground_truth``
-and the clicks accepted so far through ``env.unwrapped.prompts``. The logic lives in pure
+Both policies are oracles: they read the ground truth and the clicks accepted so far through
+the env's oracle surface (``medseg_env.Oracle``). The logic lives in pure
 functions on ``(H, W)`` bool masks (``next_click``, ``imis_click``) that the policies call and
 the tests check; a click is returned as ``(row, col, positive)`` and sent to the env at the
 centre of that pixel (``medseg_env.actions.pixel_click``).
 
 On a box-only segmenter (the original ``litemedsam``) every click is an invalid action: the
 env records it and the benchmark reports it. ``first_box=True`` makes the first action (turn 0)
-the exact ground-truth box instead (``oracle.oracle_box_action``, widened to the env's
+the exact ground-truth box instead (``simulation.oracle_box_action``, widened to the env's
 ``min_box_size`` for tinier targets), so that a click policy still gets a mask there.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import gymnasium as gym
 import numpy as np
-from scipy import ndimage
 
-from medseg_env import actions as A
 from medseg_env.actions import Action
+from medseg_env.oracle import Oracle
 
 from .base import Info, Observation, Policy
-
-Click = tuple[int, int, bool]
-"""``(row, col, positive)``: a pixel of the observation and the click's sign."""
-
+from .simulation import Click, click_action, clicked_mask, oracle_box_action, padded_distance
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
@@ -37,33 +35,6 @@ def _masks(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if p.shape != g.shape or p.ndim != 2:
         raise ValueError(f"pred and gt must be 2D masks of one shape; got {p.shape}, {g.shape}")
     return p, g
-
-
-def padded_distance(region: np.ndarray) -> np.ndarray:
-    """Euclidean distance (pixels) of each pixel of ``region`` to the nearest pixel outside it.
-
-    ``region`` is an ``(H, W)`` bool mask; returns ``(H, W)`` float64, 0 outside the region.
-    The region is padded with one pixel of background first, so the image border counts as
-    boundary: a region touching the border is deepest away from it (RITM's ``padding=True``).
-    """
-    padded = np.pad(np.asarray(region, dtype=bool), 1, constant_values=False)
-    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
-
-
-def clicked_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The ``(H, W)`` bool mask of the pixels holding a click.
-
-    ``points`` is ``(N, 2)`` continuous ``(x, y)`` pixel coordinates (``Prompts.points``);
-    pixel ``(row, col)`` covers ``[col, col+1) × [row, row+1)``, so it is
-    ``(floor(y), floor(x))``, clipped into the image (a click at x = W lands in column W-1).
-    """
-    mask = np.zeros(shape, dtype=bool)
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(pts):
-        rows = np.clip(np.floor(pts[:, 1]).astype(np.int64), 0, shape[0] - 1)
-        cols = np.clip(np.floor(pts[:, 0]).astype(np.int64), 0, shape[1] - 1)
-        mask[rows, cols] = True
-    return mask
 
 
 def next_click(pred: np.ndarray, gt: np.ndarray, clicked: np.ndarray | None = None) -> Click | None:
@@ -148,15 +119,6 @@ def imis_click(
     return int(row), int(col), bool(g[row, col])
 
 
-def click_action(click: Click | None, size: int) -> Action:
-    """The env action for a ``(row, col, positive)`` click of an ``size``×``size`` canvas;
-    None (nothing left to fix) is a stop."""
-    if click is None:
-        return A.stop()
-    row, col, positive = click
-    return A.pixel_click(row, col, size, positive)
-
-
 # ---------------------------------------------------------------------------------------------
 # Policies
 # ---------------------------------------------------------------------------------------------
@@ -177,21 +139,20 @@ class _Clicker(Policy):
         self.stop_iou = stop_iou
 
     def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
-        base = self._oracle(env)
-        gt = np.asarray(base.ground_truth, dtype=bool)
+        oracle = self._oracle(env)
+        gt = np.asarray(oracle.ground_truth, dtype=bool)
         # The first *action* (turn 0), not "while there is no box": a box the env refused
         # would otherwise be retried every turn.
         if self.first_box and int(info.get("turn", 0)) == 0:
-            from .oracle import oracle_box_action  # oracle.py imports this module
-
-            return oracle_box_action(gt, min_side=getattr(base, "min_box_size", 1.0))
+            return oracle_box_action(gt, min_side=oracle.min_box_size)
         if self.stop_iou is not None and float(info.get("iou", 0.0)) >= self.stop_iou:
             return click_action(None, gt.shape[0])  # RITM's evaluation stops at max_iou_thr
         pred = np.asarray(obs["mask"])[..., 0] > 0
-        return click_action(self._click(pred, gt, base, info), gt.shape[0])
+        return click_action(self._click(pred, gt, oracle, info), gt.shape[0])
 
-    def _click(self, pred: np.ndarray, gt: np.ndarray, base, info: Info) -> Click | None:
-        raise NotImplementedError
+    @abstractmethod
+    def _click(self, pred: np.ndarray, gt: np.ndarray, oracle: Oracle, info: Info) -> Click | None:
+        """The next click on the current error, or None when nothing is left to fix."""
 
 
 class RITMClicker(_Clicker):
@@ -209,8 +170,8 @@ class RITMClicker(_Clicker):
 
     name = "ritm"
 
-    def _click(self, pred: np.ndarray, gt: np.ndarray, base, info: Info) -> Click | None:
-        return next_click(pred, gt, clicked_mask(base.prompts.points, gt.shape))
+    def _click(self, pred: np.ndarray, gt: np.ndarray, oracle: Oracle, info: Info) -> Click | None:
+        return next_click(pred, gt, clicked_mask(oracle.prompts.points, gt.shape))
 
 
 class IMISClicker(_Clicker):
@@ -241,6 +202,6 @@ class IMISClicker(_Clicker):
             raise ValueError(f"top_ratio must be in (0, 1]; got {top_ratio}")
         self.top_ratio = top_ratio
 
-    def _click(self, pred: np.ndarray, gt: np.ndarray, base, info: Info) -> Click | None:
+    def _click(self, pred: np.ndarray, gt: np.ndarray, oracle: Oracle, info: Info) -> Click | None:
         first = int(info.get("num_prompts", 0)) == 0
         return imis_click(pred, gt, first, self.rng, self.top_ratio)

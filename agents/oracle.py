@@ -11,98 +11,20 @@ are sent with ``medseg_env.actions.pixel_box``, which covers exactly those pixel
 
 from __future__ import annotations
 
-import math
-
 import gymnasium as gym
 import numpy as np
 from scipy import ndimage
 
 from medseg_env import actions as A
 from medseg_env.actions import Action
-from medseg_env.metrics import bounding_box, iou
+from medseg_env.metrics import iou
 
 from .base import Info, Observation, Policy
-from .clickers import Click, click_action, clicked_mask, padded_distance
-
-PixelBox = tuple[int, int, int, int]
-"""``(r0, c0, r1, c1)``: inclusive row/column pixel indices."""
-
+from .simulation import Click, click_action, clicked_mask, oracle_box_action, padded_distance
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _grow(lo: int, hi: int, need: int, limit: int) -> tuple[int, int]:
-    """Widen the inclusive span ``lo..hi`` to ``need`` pixels, centred, kept in ``0..limit-1``."""
-    deficit = need - (hi - lo + 1)
-    if deficit <= 0:
-        return lo, hi
-    lo, hi = lo - deficit // 2, hi + deficit - deficit // 2
-    shift = max(0, -lo) - max(0, hi - (limit - 1))  # slide back inside the image
-    return max(0, lo + shift), min(limit - 1, hi + shift)
-
-
-def jittered_box(
-    gt: np.ndarray,
-    rng: np.random.Generator | None = None,
-    jitter_px: float = 0,
-    jitter_frac: float = 0.0,
-    min_side: float = 1,
-) -> PixelBox:
-    """The ground-truth bounding box with each side shifted at random.
-
-    Args:
-        gt: ``(H, W)`` non-empty ground-truth mask.
-        rng: random generator; may be None only when there is no jitter. Always 4 draws
-            (one per side) when given, so the stream does not depend on the mask.
-        jitter_px: maximum shift of each side, in pixels.
-        jitter_frac: maximum shift of each side, as a fraction of the box height (top and
-            bottom sides) or width (left and right). Combined with ``jitter_px`` by addition.
-        min_side: the box is widened (centred, inside the image) to at least this many pixels
-            per side, e.g. the env's ``min_box_size`` so that a tiny target still gets a valid
-            box.
-
-    Returns:
-        ``(r0, c0, r1, c1)`` inclusive pixel indices: the tight box (``metrics.bounding_box``)
-        when there is no jitter; otherwise each side moves by an integer drawn uniformly from
-        ``[-m, m]`` with ``m = floor(jitter_px + jitter_frac * side length)``, then the box is
-        clipped to the image and its corners sorted (a large jitter can cross them).
-    """
-    gt = np.asarray(gt, dtype=bool)
-    bbox = bounding_box(gt)
-    if bbox is None:
-        raise ValueError("jittered_box needs a non-empty ground truth")
-    if jitter_px < 0 or jitter_frac < 0:
-        raise ValueError(f"jitter must be >= 0; got jitter_px={jitter_px}, frac={jitter_frac}")
-    r0, c0, r1, c1 = bbox
-    height, width = gt.shape
-    if rng is not None:
-        m_r = math.floor(jitter_px + jitter_frac * (r1 - r0 + 1))
-        m_c = math.floor(jitter_px + jitter_frac * (c1 - c0 + 1))
-        m = np.array([m_r, m_c, m_r, m_c])
-        shift = rng.integers(-m, m, endpoint=True)
-        r0, c0, r1, c1 = (int(v) for v in np.array([r0, c0, r1, c1]) + shift)
-        r0, r1 = sorted((min(max(r0, 0), height - 1), min(max(r1, 0), height - 1)))
-        c0, c1 = sorted((min(max(c0, 0), width - 1), min(max(c1, 0), width - 1)))
-    elif jitter_px or jitter_frac:
-        raise ValueError("jittered_box needs an rng to jitter")
-    need = math.ceil(min_side)
-    r0, r1 = _grow(r0, r1, need, height)
-    c0, c1 = _grow(c0, c1, need, width)
-    return r0, c0, r1, c1
-
-
-def oracle_box_action(
-    gt: np.ndarray,
-    rng: np.random.Generator | None = None,
-    jitter_px: float = 0,
-    jitter_frac: float = 0.0,
-    min_side: float = 1,
-) -> Action:
-    """The box action of ``jittered_box`` on a square ``(S, S)`` ground truth."""
-    r0, c0, r1, c1 = jittered_box(gt, rng, jitter_px, jitter_frac, min_side)
-    return A.pixel_box(r0, c0, r1, c1, gt.shape[0])
 
 
 def hybrid_click(
@@ -155,11 +77,6 @@ def hybrid_click(
 # ---------------------------------------------------------------------------------------------
 
 
-def _min_side(base) -> float:
-    """The env's minimum box side in pixels (1 when it has none)."""
-    return float(getattr(base, "min_box_size", 1.0))
-
-
 class OracleBox(Policy):
     """The ground-truth bounding box (MedSAM evaluation protocol), then stop.
 
@@ -186,11 +103,11 @@ class OracleBox(Policy):
         self.jitter_px, self.jitter_frac = jitter_px, jitter_frac
 
     def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
-        base = self._oracle(env)
+        oracle = self._oracle(env)
         if int(info.get("num_boxes", 0)) > 0 or info.get("invalid_action") is not None:
             return A.stop()
         return oracle_box_action(
-            base.ground_truth, self.rng, self.jitter_px, self.jitter_frac, _min_side(base)
+            oracle.ground_truth, self.rng, self.jitter_px, self.jitter_frac, oracle.min_box_size
         )
 
 
@@ -205,7 +122,7 @@ class HybridExpert(Policy):
     Then each turn: stop if the IoU (``info["iou"]``) is at least ``target_iou``; otherwise draw
     up to ``max_tries`` candidates — a ``hybrid_click`` in the largest error region where the
     segmenter takes points, else a box refinement (a ground-truth box with the smaller,
-    shrinking ``refine_jitter_frac``) — and send the first whose ``env.unwrapped.preview``
+    shrinking ``refine_jitter_frac``) — and send the first whose ``oracle.preview``
     mask raises the IoU by at least ``tau``. If none does, stop. Each candidate costs one
     decoder call.
 
@@ -253,19 +170,19 @@ class HybridExpert(Policy):
         self.depth_ratio = depth_ratio
 
     def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
-        base = self._oracle(env)
-        gt = np.asarray(base.ground_truth, dtype=bool)
-        can_click = base.segmenter.supports("point")
-        can_box = base.segmenter.supports("box")
+        oracle = self._oracle(env)
+        gt = np.asarray(oracle.ground_truth, dtype=bool)
+        can_click = oracle.supports("point")
+        can_box = oracle.supports("box")
         if int(info.get("num_prompts", 0)) == 0 and can_box:
             return oracle_box_action(
-                gt, self.rng, jitter_frac=self.box_jitter_frac, min_side=_min_side(base)
+                gt, self.rng, jitter_frac=self.box_jitter_frac, min_side=oracle.min_box_size
             )
         pred = np.asarray(obs["mask"])[..., 0] > 0
         current = float(info["iou"]) if "iou" in info else iou(pred, gt)
         if current >= self.target_iou or not (can_click or can_box):
             return A.stop()
-        clicked = clicked_mask(base.prompts.points, gt.shape)
+        clicked = clicked_mask(oracle.prompts.points, gt.shape)
         for attempt in range(self.max_tries):
             if can_click:
                 click = hybrid_click(pred, gt, self.rng, clicked, self.depth_ratio)
@@ -279,9 +196,9 @@ class HybridExpert(Policy):
                     gt,
                     self.rng,
                     jitter_frac=self.refine_jitter_frac * shrink,
-                    min_side=_min_side(base),
+                    min_side=oracle.min_box_size,
                 )
-            mask, invalid = base.preview(candidate)
+            mask, invalid = oracle.preview(candidate)
             if invalid is None and iou(mask, gt) >= current + self.tau:
                 return candidate
         return A.stop()

@@ -10,6 +10,7 @@ import gymnasium as gym
 
 from medseg_env import actions as A
 from medseg_env.actions import Action, ActionKind
+from medseg_env.segmenters import PromptKind
 
 from .base import Info, Observation, Policy
 
@@ -48,10 +49,11 @@ class RandomPolicy(Policy):
     def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
         kinds, min_side = list(_PROMPT_KINDS), self.min_box_size
         if env is not None:
-            base = env.unwrapped
-            kinds = [k for k in kinds if base.segmenter.supports(_needs(k))]
+            # Only the oracle surface's public facts: never the ground truth or the prompts.
+            facts = env.get_wrapper_attr("oracle")
+            kinds = [k for k in kinds if facts.supports(_needs(k))]
             # 1% over the env's limit so float32 rounding of the corners cannot undercut it.
-            env_min = 1.01 * float(getattr(base, "min_box_size", 0.0)) / base.obs_size
+            env_min = 1.01 * float(facts.min_box_size) / facts.obs_size
             min_side = min(1.0, max(min_side, env_min))
         if not kinds or self.rng.random() < self.p_stop:
             return A.stop()
@@ -70,6 +72,6 @@ class RandomPolicy(Policy):
         return float(lo), float(min(1.0, lo + side))
 
 
-def _needs(kind: ActionKind) -> str:
+def _needs(kind: ActionKind) -> PromptKind:
     """The segmenter prompt kind (``Segmenter.supports``) an action kind needs."""
     return "box" if kind == ActionKind.BOX else "point"

@@ -19,7 +19,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .config import DEFAULT_BUDGET, SUBSET_MODES, BenchConfig, BenchError
+from medseg_env.metrics import NSD_TOLERANCE_MM
+
+from .config import (
+    DEFAULT_BUDGET,
+    DEFAULT_DATASETS,
+    DEFAULT_OBS_SIZE,
+    DEFAULT_SEGMENTERS,
+    SUBSET_MODES,
+    BenchConfig,
+    BenchError,
+)
 from .summary import ALL
 
 COMMANDS = ("run", "compare", "list")
@@ -62,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="DATASET",
-        help="dataset names or paths (default: demo)",
+        help=f"dataset names or paths (default: {' '.join(DEFAULT_DATASETS)})",
     )
     run.add_argument(
         "-s",
@@ -70,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="SEGMENTER",
-        help="segmenter names (default: litemedsam_clicks; the box-only original is litemedsam)",
+        help=f"segmenter names (default: {' '.join(DEFAULT_SEGMENTERS)})",
     )
     run.add_argument(
         "--budget",
@@ -87,9 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="random",
         help="with --limit: a seeded random subset (default) or the first N samples",
     )
-    run.add_argument("--obs-size", type=int, default=256, help="observation side, px (256)")
     run.add_argument(
-        "--nsd-tolerance", type=float, default=2.0, help="NSD tolerance, mm (default 2)"
+        "--obs-size",
+        type=int,
+        default=DEFAULT_OBS_SIZE,
+        help=f"observation side, px (default {DEFAULT_OBS_SIZE})",
+    )
+    run.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=NSD_TOLERANCE_MM,
+        help=f"NSD tolerance, mm (default {NSD_TOLERANCE_MM:g})",
     )
     run.add_argument(
         "--out",

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from medseg_env.env import default_config
+from medseg_env.metrics import NSD_TOLERANCE_MM
 
+_ENV_DEFAULTS = default_config()
 DEFAULT_BUDGET = 20
-DEFAULT_DATASETS = ("demo",)
-DEFAULT_SEGMENTERS = (default_config()["segmenter"],)  # the env's default backend
-# The order policies appear in tables when all registered ones are benchmarked.
-PREFERRED_POLICY_ORDER = ("oracle_box", "hybrid_expert", "ritm", "imis", "random")
+# The bundled held-out split: cases the default click-tuned model never trained on.
+DEFAULT_DATASETS = ("demo-heldout",)
+DEFAULT_SEGMENTERS = (_ENV_DEFAULTS["segmenter"],)  # the env's default backend
+DEFAULT_OBS_SIZE: int = _ENV_DEFAULTS["obs_size"]
 SUBSET_MODES = ("random", "first")
 OUT_DIR_ENV = "MEDSEG_BENCH_DIR"
 
@@ -48,7 +50,8 @@ class BenchConfig:
     """The inputs of a benchmark run.
 
     Attributes:
-        policies: policy specs (see the module docstring); empty = every registered policy.
+        policies: policy specs (see the module docstring); empty = every registered policy,
+            in registration order.
         datasets: dataset names or paths, as ``medseg_env.data.load_dataset`` takes them.
         segmenters: registered segmenter names.
         budget: maximum turns per episode (the env's ``max_turns``), for every policy.
@@ -69,8 +72,8 @@ class BenchConfig:
     seed: int = 0
     limit: int | None = None
     subset: str = "random"
-    obs_size: int = 256
-    nsd_tolerance_mm: float = 2.0
+    obs_size: int = DEFAULT_OBS_SIZE
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM
 
     def __post_init__(self) -> None:
         # Normalise containers so that equal configs compare, serialise and hash equally.

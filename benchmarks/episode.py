@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from medseg_agents import Policy
 from medseg_env import metrics
 from medseg_env.actions import ActionKind
 from medseg_env.env import MedSegEnv
@@ -33,7 +33,10 @@ class FinalState:
 
 
 def run_episode(
-    env: MedSegEnv, policy: Any, spec: EpisodeSpec, nsd_tolerance_mm: float = 2.0
+    env: MedSegEnv,
+    policy: Policy,
+    spec: EpisodeSpec,
+    nsd_tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
 ) -> tuple[EpisodeRecord, FinalState]:
     """Play one episode to its end; NSD (at ``nsd_tolerance_mm``) and HD95 after every turn."""
     policy.seed(spec.seed)
@@ -130,7 +133,7 @@ class Resources:
         self.plan = plan
         self._envs: dict[tuple[str, str, int], MedSegEnv] = {}
 
-    def policy(self, label: str) -> Any:
+    def policy(self, label: str) -> Policy:
         return self.plan.policies[label]
 
     def run(self, spec: EpisodeSpec) -> tuple[EpisodeRecord, FinalState]:

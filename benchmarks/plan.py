@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from medseg_agents import POLICIES, Policy, make_policy
 from medseg_env.data import Dataset, load_dataset
-from medseg_env.segmenters import registered_segmenters
+from medseg_env.segmenters import SEGMENTERS
 
 from .config import (
-    PREFERRED_POLICY_ORDER,
     BenchConfig,
     BenchError,
     episode_seed,
@@ -25,7 +25,7 @@ from .config import (
 )
 from .records import EpisodeKey
 
-PolicySource = Any  # a medseg_agents.Policy, or a zero-argument factory returning one
+PolicySource = Policy | Callable[[], Policy]  # a policy, or a zero-argument factory of one
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Plan:
     datasets: dict[str, Dataset]
     selected: dict[str, list[int]]
     episodes: list[EpisodeSpec]
-    policies: dict[str, Any] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
 
     def fingerprints(self) -> dict[str, dict[str, Any]]:
         return {
@@ -62,19 +62,10 @@ class Plan:
         }
 
 
-def policy_registry() -> dict[str, Callable[..., Any]]:
-    try:
-        from medseg_agents import POLICIES
-    except ImportError:  # the agents package is optional for library users
-        return {}
-    return dict(POLICIES)
-
-
 def known_policies(extra: Iterable[str] = ()) -> list[str]:
-    """Registered policy names (then injected ones) in table order."""
-    names = list(policy_registry()) + [n for n in extra if n not in policy_registry()]
-    first = [n for n in PREFERRED_POLICY_ORDER if n in names]
-    return first + sorted(n for n in names if n not in first)
+    """Registered policy names in registration order (the table order), then injected ones."""
+    names = POLICIES.names()
+    return names + [n for n in extra if n not in names]
 
 
 def resolve_config(
@@ -88,16 +79,14 @@ def resolve_config(
     known = known_policies(injected)
     specs = config.policies or tuple(known)
     if not specs:
-        raise BenchError("no policy to benchmark: medseg_agents.POLICIES is empty or missing")
+        raise BenchError("no policy to benchmark: no policy is registered")
     for spec in specs:
         name, _ = parse_policy_spec(spec)
-        if spec not in injected and name not in policy_registry():
-            raise BenchError(f"unknown policy {name!r}; known: {', '.join(known) or '(none)'}")
+        if spec not in injected and name not in POLICIES:
+            raise BenchError(f"unknown policy {name!r}; known: {known}")
     for segmenter in config.segmenters:
-        if segmenter not in registered_segmenters():
-            raise BenchError(
-                f"unknown segmenter {segmenter!r}; known: {', '.join(registered_segmenters())}"
-            )
+        if segmenter not in SEGMENTERS:
+            raise BenchError(f"unknown segmenter {segmenter!r}; known: {SEGMENTERS.names()}")
     for label in config.policy_budgets:
         if label not in specs:
             raise BenchError(f"a budget is given for {label!r}, which is not among the policies")
@@ -167,14 +156,14 @@ def make_plan(
     return Plan(config, loaded, selected, episodes, built)
 
 
-def build_policy(label: str, source: PolicySource | None = None) -> Any:
+def build_policy(label: str, source: PolicySource | None = None) -> Policy:
     """The policy of a spec: ``source`` when given (a policy, or a factory), else the registry's
     policy built with the spec's options. Bad options are a ``BenchError``."""
     if source is not None:
-        return source if hasattr(source, "act") else source()
+        return source if isinstance(source, Policy) else source()
     name, kwargs = parse_policy_spec(label)
     try:
-        return policy_registry()[name](**kwargs)
+        return make_policy(name, **kwargs)
     except (TypeError, ValueError) as err:
         raise BenchError(f"policy spec {label!r}: {err}") from err
 

@@ -24,7 +24,8 @@ import torch
 import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env import actions
 from medseg_env.env import default_config
-from medseg_env.metrics import bounding_box, dice_iou, hd95, nsd
+from medseg_env.geometry import box_from_mask
+from medseg_env.metrics import dice_iou, hd95, nsd
 from medseg_env.segmenters import EmbeddingCache
 
 
@@ -51,7 +52,7 @@ def measure(segmenter: str, repeats: int) -> dict[str, float]:
     results = {"cold_reset_ms": median_ms(cold_reset, min(repeats, 5))}
     results["warm_reset_ms"] = median_ms(lambda: env.reset(options={"sample_index": 0}), repeats)
     env.reset(options={"sample_index": 0})
-    r0, c0, r1, c1 = bounding_box(base.ground_truth)
+    r0, c0, r1, c1 = box_from_mask(base.ground_truth)
     box = actions.pixel_box(r0, c0, r1, c1, base.obs_size)
     degenerate = actions.box(0.5, 0.5, 0.5, 0.5)
 

@@ -7,13 +7,21 @@
   stable-baselines3 (``medseg_env.wrappers``).
 """
 
-from gymnasium.envs.registration import register, registry
+from importlib.metadata import PackageNotFoundError, version
 
-from . import actions
+from gymnasium.envs.registration import register
+from gymnasium.envs.registration import registry as gym_registry
+
+from . import actions, geometry
 from .env import MedSegEnv, default_config
-from .rewards import Reward, StepContext, register_reward_term
+from .oracle import Oracle
+from .registry import Registry, UnknownNameError
+from .rewards import Reward, StepContext, register_reward_preset, register_reward_term
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("medseg-env")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _ENVS = {
     "MedSeg-v0": "medseg_env.env:MedSegEnv",
@@ -21,7 +29,7 @@ _ENVS = {
     "MedSeg-Continuous-v0": "medseg_env.wrappers:make_continuous",
 }
 for _id, _entry in _ENVS.items():
-    if _id not in registry:
+    if _id not in gym_registry:
         register(id=_id, entry_point=_entry, max_episode_steps=None)
 
 ENV_IDS = tuple(_ENVS)
@@ -29,9 +37,14 @@ ENV_IDS = tuple(_ENVS)
 __all__ = [
     "ENV_IDS",
     "MedSegEnv",
+    "Oracle",
+    "Registry",
     "Reward",
     "StepContext",
+    "UnknownNameError",
     "actions",
     "default_config",
+    "geometry",
+    "register_reward_preset",
     "register_reward_term",
 ]

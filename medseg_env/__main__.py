@@ -9,7 +9,7 @@ import numpy as np
 
 import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env import actions
-from medseg_env.metrics import bounding_box
+from medseg_env.geometry import box_from_mask
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     dices = []
     for episode in range(args.episodes):
         _, info = env.reset(seed=args.seed + episode)
-        r0, c0, r1, c1 = bounding_box(env.unwrapped.ground_truth)
-        _, _, _, _, info = env.step(actions.pixel_box(r0, c0, r1, c1, env.unwrapped.obs_size))
+        oracle = env.get_wrapper_attr("oracle")
+        r0, c0, r1, c1 = box_from_mask(oracle.ground_truth)
+        _, _, _, _, info = env.step(actions.pixel_box(r0, c0, r1, c1, oracle.obs_size))
         env.step(actions.stop())
         dices.append(info["dice"])
         print(

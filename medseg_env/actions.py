@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from . import geometry
+
 
 class ActionKind(IntEnum):
     STOP = 0
@@ -67,12 +69,12 @@ def box(x0: float, y0: float, x1: float, y1: float) -> Action:
 
 def pixel_click(row: int, col: int, size: int, positive: bool = True) -> Action:
     """A click at the centre of pixel ``(row, col)`` of a ``size``×``size`` observation."""
-    return click((col + 0.5) / size, (row + 0.5) / size, positive)
+    return click(*geometry.pixel_center(row, col, size), positive)
 
 
 def pixel_box(r0: int, c0: int, r1: int, c1: int, size: int) -> Action:
     """A box covering pixels ``r0..r1`` × ``c0..c1`` (inclusive) of a size×size observation."""
-    return box(c0 / size, r0 / size, (c1 + 1) / size, (r1 + 1) / size)
+    return box(*geometry.pixel_box_normalized((r0, c0, r1, c1), size))
 
 
 def validate(action: Any) -> tuple[ActionKind, np.ndarray, np.ndarray]:

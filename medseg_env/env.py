@@ -21,10 +21,15 @@ from skimage.transform import resize
 
 from . import actions as A
 from .data import Dataset, Sample, load_dataset
+from .geometry import LongestSide, to_pixels
 from .metrics import dice_iou
+from .oracle import Oracle
 from .render import overlay, prompt_map
 from .rewards import Reward, StepContext
-from .segmenters import Prompts, Segmenter, make_segmenter
+from .segmenters import PromptKind, Prompts, Segmenter, make_segmenter
+
+Observation = dict[str, np.ndarray]
+StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
 
 
 def default_config() -> dict[str, Any]:
@@ -49,7 +54,7 @@ def default_config() -> dict[str, Any]:
     }
 
 
-class MedSegEnv(gym.Env):
+class MedSegEnv(gym.Env[Observation, A.Action]):
     """Interactive segmentation of one target per episode.
 
     Observation (``Dict``):
@@ -68,8 +73,10 @@ class MedSegEnv(gym.Env):
     ``info["invalid_action"]`` to the reason, and scores the ``invalid_action`` reward term.
     An action outside the space (wrong ``kind``, NaN, out of [0, 1]) raises ``ValueError``.
 
-    Oracle access: ``env.unwrapped.ground_truth`` is the target's ``(S, S)`` bool mask, for
-    oracle and expert policies only; it is never part of the observation.
+    Oracle access: ``env.get_wrapper_attr("oracle")`` is the episode's ``medseg_env.Oracle``
+    (the ground truth, the accepted prompts, ``preview(action)``, ``supports(kind)``, the
+    minimum box size and the observation size), for oracle and expert policies only; the
+    ground truth is never part of the observation.
 
     ``info`` after reset and every step: ``dice``, ``iou``, ``dice_prev``, ``iou_prev``,
     ``reward_terms`` (weighted terms, summing to the reward), ``invalid_action`` (None or the
@@ -122,10 +129,21 @@ class MedSegEnv(gym.Env):
 
     # ----------------------------------------------------------------- oracle & state
     @property
+    def oracle(self) -> Oracle:
+        """What oracle and expert policies may read (``medseg_env.oracle``); never for agents."""
+        return _EnvOracle(self)
+
+    @property
     def ground_truth(self) -> np.ndarray:
-        """The target's ``(S, S)`` bool mask. For oracle/expert policies, never for agents."""
+        """The target's ``(S, S)`` bool mask, read-only. For oracle/expert policies only."""
         self._require_episode()
-        return self._gt
+        view = self._gt.view()
+        view.flags.writeable = False
+        return view
+
+    def supports(self, kind: PromptKind) -> bool:
+        """Whether the segmenter takes this prompt kind (``"box"`` or ``"point"``)."""
+        return self.segmenter.supports(kind)
 
     @property
     def sample(self) -> Sample:
@@ -151,7 +169,7 @@ class MedSegEnv(gym.Env):
     # ----------------------------------------------------------------- gym API
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    ) -> tuple[Observation, dict[str, Any]]:
         """Start an episode on a random sample, or the one named in ``options``.
 
         Options: ``sample_index`` (int) or ``sample_id`` (str) pick the sample.
@@ -183,7 +201,7 @@ class MedSegEnv(gym.Env):
         self._dices[0], self._ious[0] = dice, iou
         return self._obs(), self._info(None, {})
 
-    def step(self, action: A.Action):
+    def step(self, action: A.Action) -> StepResult:
         if self._done:
             raise RuntimeError("the episode is over; call reset() before step()")
         kind, point, box = A.validate(action)
@@ -271,11 +289,11 @@ class MedSegEnv(gym.Env):
         if kind in (A.ActionKind.POSITIVE_CLICK, A.ActionKind.NEGATIVE_CLICK):
             if not self.segmenter.supports("point"):
                 return None, f"segmenter {self.segmenter.name!r} does not take clicks (box-only)"
-            x, y = point * size
+            x, y = to_pixels(point, size)
             return self._prompts.with_point(x, y, kind == A.ActionKind.POSITIVE_CLICK), None
         if kind == A.ActionKind.BOX:
-            x0, x1 = sorted(box[[0, 2]] * size)
-            y0, y1 = sorted(box[[1, 3]] * size)
+            x0, x1 = sorted(to_pixels(box[[0, 2]], size))
+            y0, y1 = sorted(to_pixels(box[[1, 3]], size))
             if not self.segmenter.supports("box"):
                 return None, f"segmenter {self.segmenter.name!r} does not take boxes"
             if min(x1 - x0, y1 - y0) < self.min_box_size:
@@ -289,7 +307,7 @@ class MedSegEnv(gym.Env):
     def _num_prompts(self) -> int:
         return len(self._prompts.points) + int(self._prompts.box is not None)
 
-    def _obs(self) -> dict[str, np.ndarray]:
+    def _obs(self) -> Observation:
         p = self._prompts
         return {
             "image": self._image.copy(),
@@ -327,6 +345,35 @@ class MedSegEnv(gym.Env):
         return self._framed[index]
 
 
+class _EnvOracle:
+    """The ``Oracle`` of a ``MedSegEnv``: a read-only view of its current episode."""
+
+    def __init__(self, env: MedSegEnv) -> None:
+        self._env = env
+
+    @property
+    def ground_truth(self) -> np.ndarray:
+        return self._env.ground_truth
+
+    @property
+    def prompts(self) -> Prompts:
+        return self._env.prompts
+
+    @property
+    def obs_size(self) -> int:
+        return self._env.obs_size
+
+    @property
+    def min_box_size(self) -> float:
+        return self._env.min_box_size
+
+    def supports(self, kind: PromptKind) -> bool:
+        return self._env.supports(kind)
+
+    def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
+        return self._env.preview(action)
+
+
 def letterbox(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Resize the longest side of a sample to ``size`` and zero-pad to ``size×size``.
 
@@ -335,8 +382,9 @@ def letterbox(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, tuple[
     the pixel it covers most.
     """
     height, width = sample.mask.shape
-    scale = size / max(height, width)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    frame = LongestSide(height, width, size)
+    new_h, new_w = frame.resized_shape
+    scale = frame.scale
     image = np.zeros((size, size, 3), np.uint8)
     target = np.zeros((size, size), bool)
     if (new_h, new_w) == (height, width):
@@ -354,5 +402,4 @@ def letterbox(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, tuple[
         if not target.any():
             r, c = np.unravel_index(np.argmax(coverage), coverage.shape)
             target[r, c] = True
-    spacing = (sample.spacing[0] * height / new_h, sample.spacing[1] * width / new_w)
-    return image, target, spacing
+    return image, target, frame.resized_spacing(sample.spacing)

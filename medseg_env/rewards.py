@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .registry import Registry, UnknownNameError
+
 RewardTerm = Callable[["StepContext"], float]
 
 
@@ -110,33 +112,71 @@ def medsam_agent(ctx: StepContext) -> float:
     return 0.2 * fmt + 0.8 * float(np.clip(quality, 0.0, 1.0))
 
 
-_TERMS: dict[str, RewardTerm] = {
-    "dice_gain": dice_gain,
-    "iou_gain": iou_gain,
-    "step": step,
-    "invalid_action": invalid_action,
-    "final_dice": final_dice,
-    "final_iou": final_iou,
-    "medsam_agent": medsam_agent,
-}
-
-PRESETS: dict[str, dict[str, float]] = {
-    "dice_gain": {"dice_gain": 1.0, "step": -0.01, "invalid_action": -0.05},
-    "iou_gain": {"iou_gain": 1.0, "step": -0.01, "invalid_action": -0.05},
-    "final_dice": {"final_dice": 1.0},
-    "medsam_agent": {"medsam_agent": 1.0},
-}
-
-
-def register_reward_term(name: str, term: RewardTerm) -> None:
-    """Make ``name`` usable in reward compositions."""
+def _check_term(name: str, term: RewardTerm) -> None:
     if not callable(term):
         raise TypeError(f"reward term {name!r} must be callable; got {type(term).__name__}")
-    _TERMS[name] = term
+
+
+def _check_preset(name: str, preset: Mapping[str, float]) -> None:
+    if not isinstance(preset, Mapping) or not preset:
+        raise TypeError(f"reward preset {name!r} must be a non-empty {{term: weight}} mapping")
+    for term, weight in preset.items():
+        if not isinstance(term, str) or not isinstance(weight, int | float):
+            raise TypeError(
+                f"reward preset {name!r}: entries must be term name -> number; got "
+                f"{term!r}: {weight!r}"
+            )
+
+
+TERMS: Registry[RewardTerm] = Registry("reward term", "medseg_env.reward_terms", _check_term)
+PRESETS: Registry[Mapping[str, float]] = Registry(
+    "reward preset", "medseg_env.reward_presets", _check_preset
+)
+
+
+def register_reward_term(name: str, term: RewardTerm, *, overwrite: bool = False) -> None:
+    """Make ``name`` usable in reward compositions (``reward={name: weight}``)."""
+    TERMS.register(name, term, overwrite=overwrite)
+
+
+def register_reward_preset(
+    name: str, weights: Mapping[str, float], *, overwrite: bool = False
+) -> None:
+    """Make ``reward=name`` mean the weighted composition ``weights`` (term name -> weight).
+
+    The terms are looked up when a ``Reward`` is built, so a preset may name terms that a
+    plug-in registers later.
+    """
+    # A copy, so the caller's dict cannot change the preset later; the check sees non-mappings.
+    preset = dict(weights) if isinstance(weights, Mapping) else weights
+    PRESETS.register(name, preset, overwrite=overwrite)
+
+
+for _name, _term in (
+    ("dice_gain", dice_gain),
+    ("iou_gain", iou_gain),
+    ("step", step),
+    ("invalid_action", invalid_action),
+    ("final_dice", final_dice),
+    ("final_iou", final_iou),
+    ("medsam_agent", medsam_agent),
+):
+    register_reward_term(_name, _term)
+
+register_reward_preset("dice_gain", {"dice_gain": 1.0, "step": -0.01, "invalid_action": -0.05})
+register_reward_preset("iou_gain", {"iou_gain": 1.0, "step": -0.01, "invalid_action": -0.05})
+register_reward_preset("final_dice", {"final_dice": 1.0})
+register_reward_preset("medsam_agent", {"medsam_agent": 1.0})
 
 
 def reward_terms() -> list[str]:
-    return sorted(_TERMS)
+    """Registered reward term names, in registration order."""
+    return TERMS.names()
+
+
+def reward_presets() -> list[str]:
+    """Registered reward preset names, in registration order."""
+    return PRESETS.names()
 
 
 RewardSpec = (
@@ -157,7 +197,7 @@ class Reward:
         self.weights: dict[str, float] = {}
         self.terms: dict[str, RewardTerm] = {}
         if isinstance(spec, str):
-            pairs = list(PRESETS[spec].items()) if spec in PRESETS else [(spec, 1.0)]
+            pairs = list(PRESETS.get(spec).items()) if spec in PRESETS else [(spec, 1.0)]
         elif callable(spec):
             pairs = [(spec, 1.0)]
         elif isinstance(spec, Mapping):
@@ -178,12 +218,12 @@ class Reward:
     @staticmethod
     def _resolve(term: str | RewardTerm) -> tuple[str, RewardTerm]:
         if isinstance(term, str):
-            if term not in _TERMS:
-                raise ValueError(
-                    f"unknown reward term or preset {term!r}; presets: {sorted(PRESETS)}, "
-                    f"terms: {sorted(_TERMS)}"
+            if term not in TERMS:
+                raise UnknownNameError(
+                    f"unknown reward term or preset {term!r}; known: presets "
+                    f"{PRESETS.names()}, terms {TERMS.names()}"
                 )
-            return term, _TERMS[term]
+            return term, TERMS.get(term)
         if callable(term):
             return getattr(term, "__name__", type(term).__name__), term
         raise TypeError(f"a reward term is a name or a callable; got {term!r}")

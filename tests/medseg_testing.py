@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gymnasium as gym
 import numpy as np
 
+from medseg_env.geometry import box_edges_from_mask, box_from_mask
+from medseg_env.segmenters import Prompts
+
 
 def gt_box_action(env: gym.Env):
-    """The ground-truth box of the current episode, through the documented oracle attribute."""
+    """The ground-truth box of the current episode, through the env's oracle surface."""
     from medseg_env import actions
-    from medseg_env.metrics import bounding_box
 
-    r0, c0, r1, c1 = bounding_box(env.unwrapped.ground_truth)
-    return actions.pixel_box(r0, c0, r1, c1, env.unwrapped.obs_size)
+    oracle = env.get_wrapper_attr("oracle")
+    r0, c0, r1, c1 = box_from_mask(oracle.ground_truth)
+    return actions.pixel_box(r0, c0, r1, c1, oracle.obs_size)
 
 
 def assert_same_step(a, b) -> None:
@@ -38,9 +43,31 @@ def assert_same_value(x, y) -> None:
         assert x == y
 
 
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """The tight box of a mask as a segmenter prompt: ``(x0, y0, x1, y1)`` pixel edges."""
-    from medseg_env.metrics import bounding_box
+mask_box = box_edges_from_mask  # the tight box of a mask as a segmenter prompt
 
-    r0, c0, r1, c1 = bounding_box(mask)
-    return np.array([c0, r0, c1 + 1, r1 + 1], np.float32)
+
+@dataclass
+class StubOracle:
+    """An ``medseg_env.Oracle`` over fixed arrays, for policy tests that need no model."""
+
+    ground_truth: np.ndarray | None = None
+    prompts: Prompts = field(default_factory=Prompts)
+    obs_size: int = 64
+    min_box_size: float = 2.0
+    kinds: frozenset[str] = frozenset({"box", "point"})
+
+    def supports(self, kind: str) -> bool:
+        return kind in self.kinds
+
+    def preview(self, action):
+        raise AssertionError("this stub has no segmenter to preview with")
+
+
+class StubEnv:
+    """An env stand-in that exposes only its oracle surface, the way policies reach it."""
+
+    def __init__(self, oracle: StubOracle) -> None:
+        self.oracle = oracle
+
+    def get_wrapper_attr(self, name: str):
+        return getattr(self, name)

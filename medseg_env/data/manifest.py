@@ -1,11 +1,16 @@
 """Datasets by name or by path, and the JSON manifest format.
 
-:func:`load_dataset` accepts a :class:`Dataset`, a registered name (``"demo"``, or one added
-with :func:`register_dataset`), a ``(image, label)`` pair of NIfTI paths, or a path:
+:func:`load_dataset` accepts a :class:`Dataset`, a registered name (``"demo"``,
+``"demo-heldout"``, or one added with :func:`register_dataset`), a ``(image, label)`` pair of
+NIfTI paths, or a path:
 
 * a manifest (``.json``; ``.yaml`` / ``.yml`` if PyYAML is installed),
 * a ``.npz`` file or a directory of ``.npz`` files,
 * a directory holding ``manifest.json``, or ``images/`` and ``masks/`` sub-folders,
+* a dataset folder as downloaded (see :mod:`medseg_env.data.layouts`): a Medical Segmentation
+  Decathlon task (``imagesTr/`` + ``labelsTr/`` + ``dataset.json``), an nnU-Net v2 raw dataset
+  (``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/`` + ``dataset.json``) or ``images/`` +
+  ``labels/`` NIfTI pairs (these come after the three kinds of directory above),
 * a NIfTI image whose label sits next to it as ``<stem>_label``, ``_seg``, ``_mask`` or
   ``_gt`` ``.nii[.gz]``, or in nnU-Net layout (``imagesTr/<case>_0000.nii.gz`` with
   ``labelsTr/<case>.nii.gz``).
@@ -48,9 +53,11 @@ from typing import Any
 
 from medseg_env.data.dataset import Dataset
 from medseg_env.data.folder import load_folder
+from medseg_env.data.layouts import detect_layout, load_layout
 from medseg_env.data.nifti import load_nifti, nifti_stem
 from medseg_env.data.npz import load_npz, npz_samples
 from medseg_env.data.sample import Sample
+from medseg_env.registry import Registry
 
 _ITEM_PATHS = {"nifti": ("image", "label"), "npz": ("path",), "folder": ("images", "masks")}
 _COMMON = {"modality", "window", "label_map", "min_area"}
@@ -66,21 +73,27 @@ class DatasetNotFoundError(FileNotFoundError, ValueError):
     """Neither a registered dataset name nor an existing path (catchable as either base)."""
 
 
-_REGISTRY: dict[str, Callable[..., Dataset]] = {}
+def _check_loader(name: str, loader: Callable[..., Dataset]) -> None:
+    if not callable(loader):
+        raise TypeError(f"dataset {name!r} must be a callable loader; got {loader!r}")
+
+
+DATASETS: Registry[Callable[..., Dataset]] = Registry(
+    "dataset", "medseg_env.datasets", _check_loader
+)
 
 
 def register_dataset(name: str, loader: Callable[..., Dataset], *, overwrite: bool = False) -> None:
-    """Make ``load_dataset(name, **kwargs)`` call ``loader(**kwargs)``."""
-    if not name or not isinstance(name, str):
-        raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"dataset {name!r} is already registered (pass overwrite=True)")
-    _REGISTRY[name] = loader
+    """Make ``load_dataset(name, **kwargs)`` call ``loader(**kwargs)``.
+
+    Third-party packages can do the same through the ``medseg_env.datasets`` entry-point group.
+    """
+    DATASETS.register(name, loader, overwrite=overwrite)
 
 
 def available_datasets() -> list[str]:
-    """Registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered dataset names, in registration order."""
+    return DATASETS.names()
 
 
 # --- manifests -------------------------------------------------------------------------------
@@ -214,22 +227,41 @@ def load_manifest(path: str | os.PathLike[str]) -> Dataset:
 # --- the bundled demo ----------------------------------------------------------------------------
 
 
+def _bundled_dataset(folder: str, name: str) -> Dataset:
+    """The dataset whose ``manifest.json`` sits in the package folder ``medseg_env.data.<folder>``.
+
+    Read with ``importlib.resources`` (works from a wheel, writes nothing).
+    """
+    base = resources.files("medseg_env.data").joinpath(folder)
+    manifest = base.joinpath("manifest.json")
+    where = f"medseg_env/data/{folder}/manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"the {name} dataset is not installed ({where} missing)")
+    data = _parse_manifest_text(manifest.read_text(encoding="utf-8"), where, False)
+    return _manifest_dataset(data, base, where, str(data.get("name") or name))
+
+
 def demo_dataset() -> Dataset:
     """The bundled demo: MR brain / breast and CT lung tumour slices plus microscopy nuclei.
 
     Read with ``importlib.resources`` (works from a wheel, writes nothing); see
     ``medseg_env/data/demo/PROVENANCE.md`` for sources and licences.
     """
-    base = resources.files("medseg_env.data").joinpath("demo")
-    manifest = base.joinpath("manifest.json")
-    where = "medseg_env/data/demo/manifest.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"the demo dataset is not installed ({where} missing)")
-    data = _parse_manifest_text(manifest.read_text(encoding="utf-8"), where, False)
-    return _manifest_dataset(data, base, where, str(data.get("name") or "demo"))
+    return _bundled_dataset("demo", "demo")
+
+
+def demo_heldout_dataset() -> Dataset:
+    """The bundled held-out split: MR brain and CT lung tumour slices plus microscopy nuclei.
+
+    Other cases than :func:`demo_dataset` (pyradiomics brain2 / lung2, the bottom half of the
+    nuclei image), never used to train the project's click-tuned model; see
+    ``medseg_env/data/demo_heldout/PROVENANCE.md`` for sources and licences.
+    """
+    return _bundled_dataset("demo_heldout", "demo-heldout")
 
 
 register_dataset("demo", demo_dataset)
+register_dataset("demo-heldout", demo_heldout_dataset)
 
 
 # --- load_dataset --------------------------------------------------------------------------------
@@ -273,8 +305,8 @@ def load_dataset(
         return load_nifti(spec[0], spec[1], **kwargs)
     if not isinstance(spec, str | os.PathLike):
         raise TypeError(f"load_dataset: unsupported spec type {type(spec).__name__}")
-    if isinstance(spec, str) and spec in _REGISTRY:
-        return _REGISTRY[spec](**kwargs)
+    if isinstance(spec, str) and spec in DATASETS:
+        return DATASETS.get(spec)(**kwargs)
 
     path = Path(spec)
     suffix = path.name.lower()
@@ -300,9 +332,13 @@ def load_dataset(
             return load_folder(path / "images", path / "masks", **kwargs)
         if any(path.glob("*.npz")):
             return load_npz(path, **kwargs)
+        layout = detect_layout(path)
+        if layout is not None:
+            return load_layout(path, layout, **kwargs)
         raise ValueError(
             f"load_dataset: directory {path} has no manifest.json, no images/ + masks/ "
-            "sub-folders and no .npz files"
+            "sub-folders, no .npz files, and is not an MSD or nnU-Net v2 folder (imagesTr/ + "
+            "labelsTr/ + dataset.json) nor images/ + labels/ NIfTI pairs"
         )
     raise DatasetNotFoundError(
         f"unknown dataset {str(spec)!r}: not a registered name "

@@ -1,19 +1,11 @@
 """Segmentation backends: the ``Segmenter`` interface, the embedding cache and the registry."""
 
-from .base import (
-    Embedding,
-    Prediction,
-    Prompts,
-    Segmenter,
-    UnsupportedPromptError,
-    make_segmenter,
-    register_segmenter,
-    registered_segmenters,
-)
+from .base import SEGMENTERS, Segmenter, make_segmenter, register_segmenter, registered_segmenters
 from .cache import EmbeddingCache, default_cache
 from .litemedsam import LiteMedSAM
 from .litemedsam_clicks import LiteMedSAMClicks
 from .sam import SAM, MedSAM
+from .types import Embedding, Prediction, PromptKind, Prompts, UnsupportedPromptError
 
 register_segmenter("litemedsam", LiteMedSAM)
 register_segmenter("litemedsam_clicks", LiteMedSAMClicks)
@@ -27,8 +19,10 @@ __all__ = [
     "LiteMedSAMClicks",
     "MedSAM",
     "Prediction",
+    "PromptKind",
     "Prompts",
     "SAM",
+    "SEGMENTERS",
     "Segmenter",
     "UnsupportedPromptError",
     "default_cache",

@@ -14,13 +14,12 @@ import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:
-    from .base import Embedding
+from .types import Embedding
 
 DEFAULT_MAX_BYTES = 512 * 1024**2
 CACHE_DIR_ENV = "MEDSEG_CACHE_DIR"
@@ -108,10 +107,6 @@ class EmbeddingCache:
         path = self._path(key)
         if not path.exists():
             return None
-        from safetensors import safe_open
-
-        from .base import Embedding
-
         try:
             with safe_open(str(path), framework="pt") as handle:
                 meta = json.loads(handle.metadata()["medseg"])

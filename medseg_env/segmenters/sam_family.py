@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Embedding, Prediction, Prompts, Segmenter
+from ..geometry import LongestSide
+from .base import Segmenter
 from .cache import EmbeddingCache
+from .types import Embedding, Prediction, Prompts
 
 Normalization = Literal["minmax", "imagenet"]
 _IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
@@ -80,8 +82,7 @@ class SamFamilySegmenter(Segmenter):
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """``(H, W, 3)`` uint8 → ``(1, 3, S, S)`` float32: resized, normalised, zero-padded."""
         height, width = image.shape[:2]
-        scale = self.input_size / max(height, width)
-        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        new_h, new_w = LongestSide(height, width, self.input_size).resized_shape
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
         if (new_h, new_w) != (height, width):
             x = F.interpolate(x, (new_h, new_w), mode="bilinear", antialias=True)
@@ -102,16 +103,16 @@ class SamFamilySegmenter(Segmenter):
         self, prompts: Prompts, image_size: tuple[int, int]
     ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
         """Pixel prompts → SAM's model-input coordinates (pixel indices at ``input_size``)."""
-        scale = self.input_size / max(image_size)
+        frame = LongestSide(*image_size, self.input_size)
         points = None
         if len(prompts.points):
             # SAM adds 0.5 to reach a pixel centre; our coordinates are continuous already.
-            coords = torch.as_tensor(prompts.points * scale - 0.5, dtype=torch.float32)
+            coords = torch.as_tensor(frame.to_target(prompts.points) - 0.5, dtype=torch.float32)
             labels = torch.as_tensor(prompts.labels, dtype=torch.int64)
             points = (coords[None].to(self.device), labels[None].to(self.device))
         boxes = None
         if prompts.box is not None:
-            boxes = torch.as_tensor(prompts.box * scale - 0.5, dtype=torch.float32)
+            boxes = torch.as_tensor(frame.to_target(prompts.box) - 0.5, dtype=torch.float32)
             boxes = boxes.view(1, 4).to(self.device)
         return points, boxes
 
@@ -155,8 +156,7 @@ class SamFamilySegmenter(Segmenter):
     def upscale(self, low_res: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """``(B, 1, h, w)`` low-res logits → ``(B, 1, H, W)`` logits at the image's size."""
         height, width = image_size
-        scale = self.input_size / max(height, width)
-        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        new_h, new_w = LongestSide(height, width, self.input_size).resized_shape
         x = low_res
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, (self.input_size, self.input_size), mode="bilinear")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
+from medseg_testing import StubEnv, StubOracle
 from scipy.spatial.distance import cdist
 
 from medseg_agents import IMISClicker, RITMClicker
-from medseg_agents.clickers import clicked_mask, imis_click, next_click, padded_distance
+from medseg_agents.clickers import imis_click, next_click
+from medseg_agents.simulation import clicked_mask, padded_distance
 from medseg_env import actions
 from medseg_env.data import Dataset, Sample
 from medseg_env.env import MedSegEnv
@@ -210,13 +210,8 @@ def test_imis_later_clicks_are_uniform_on_the_error_with_the_right_sign():
 
 def stub_env(gt: np.ndarray, points=(), labels=()):
     pts = np.asarray(points, np.float32).reshape(-1, 2)
-    base = SimpleNamespace(
-        ground_truth=gt,
-        prompts=Prompts(pts, np.asarray(labels, np.int64).reshape(-1)),
-        min_box_size=2.0,
-    )
-    base.unwrapped = base
-    return base
+    prompts = Prompts(pts, np.asarray(labels, np.int64).reshape(-1))
+    return StubEnv(StubOracle(gt, prompts, obs_size=gt.shape[0]))
 
 
 def obs_of(mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from medseg_testing import StubEnv, StubOracle
 
 from medseg_agents import HybridExpert, OracleBox
-from medseg_agents.oracle import hybrid_click, jittered_box, oracle_box_action
+from medseg_agents.oracle import hybrid_click
+from medseg_agents.simulation import jittered_box, oracle_box_action
 from medseg_env import actions
 from medseg_env.data import Dataset, Sample
 from medseg_env.env import MedSegEnv
-from medseg_env.metrics import bounding_box, iou
+from medseg_env.geometry import box_from_mask
+from medseg_env.metrics import iou
 from medseg_env.segmenters import Embedding, EmbeddingCache, Prediction, Prompts, Segmenter
 
 S = 40
@@ -43,7 +44,7 @@ def box_pixels(action, size: int = S) -> np.ndarray:
 def test_no_jitter_is_the_exact_box_and_its_action_covers_exactly_the_bbox():
     gt = square(5, 7, 20, 30)
     gt[12, 12] = False
-    assert jittered_box(gt) == bounding_box(gt) == (5, 7, 20, 30)
+    assert jittered_box(gt) == box_from_mask(gt) == (5, 7, 20, 30)
     assert jittered_box(gt, np.random.default_rng(0)) == (5, 7, 20, 30)
     action = oracle_box_action(gt)
     np.testing.assert_allclose(action["box"] * S, [7, 5, 31, 21], atol=1e-4)
@@ -138,9 +139,7 @@ def test_hybrid_click_ties_prefer_false_negatives_and_skips_clicked_regions():
 
 
 def stub_env(gt: np.ndarray, min_box_size: float = 2.0):
-    base = SimpleNamespace(ground_truth=gt, min_box_size=min_box_size, prompts=Prompts())
-    base.unwrapped = base
-    return base
+    return StubEnv(StubOracle(gt, obs_size=gt.shape[0], min_box_size=min_box_size))
 
 
 def test_oracle_box_sends_the_box_once_then_stops():

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
+from medseg_testing import StubEnv, StubOracle
 
 import medseg_agents
 from medseg_agents import (
@@ -24,10 +23,8 @@ SPACE = actions.action_space()
 
 
 def stub_env(kinds: set[str], obs_size: int = 64, min_box_size: float = 2.0):
-    segmenter = SimpleNamespace(supports=lambda kind: kind in kinds)
-    base = SimpleNamespace(segmenter=segmenter, obs_size=obs_size, min_box_size=min_box_size)
-    base.unwrapped = base
-    return base
+    # No ground truth: the random policy must never read it.
+    return StubEnv(StubOracle(None, obs_size=obs_size, min_box_size=min_box_size, kinds=kinds))
 
 
 def draw(policy: RandomPolicy, n: int, env=None) -> list[dict]:
@@ -87,14 +84,15 @@ def test_p_stop_extremes_and_seeding():
 
 
 def test_registry_builds_every_policy_by_name():
-    expected = {
-        "ritm": RITMClicker,
-        "imis": IMISClicker,
+    expected = {  # in registration order: the benchmark's table order
         "oracle_box": OracleBox,
         "hybrid_expert": HybridExpert,
+        "ritm": RITMClicker,
+        "imis": IMISClicker,
         "random": RandomPolicy,
     }
-    assert POLICIES == expected
+    assert POLICIES.names()[:5] == list(expected)
+    assert {name: POLICIES.get(name) for name in expected} == expected
     for name, cls in expected.items():
         policy = make_policy(name, seed=0)
         assert type(policy) is cls and isinstance(policy, Policy) and policy.name == name
@@ -109,5 +107,5 @@ def test_registry_builds_every_policy_by_name():
 
 
 def test_unknown_policy_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="hybrid_expert.*imis.*oracle_box.*random.*ritm"):
+    with pytest.raises(ValueError, match="oracle_box.*hybrid_expert.*ritm.*imis.*random"):
         make_policy("nope")

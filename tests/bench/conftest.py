@@ -14,7 +14,7 @@ import pytest
 from medseg_agents import Policy
 from medseg_env import actions as A
 from medseg_env.data import Dataset
-from medseg_env.metrics import bounding_box
+from medseg_env.geometry import box_from_mask
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ class BoxThenClick(Policy):
         if turn == 0:
             self.episodes += 1
             gt = self._oracle(env).ground_truth
-            r0, c0, r1, c1 = bounding_box(gt)
+            r0, c0, r1, c1 = box_from_mask(gt)
             j = self.rng.integers(0, 3, size=4)
             size = gt.shape[0]
             r0, c0 = max(0, r0 - j[0]), max(0, c0 - j[1])

@@ -497,9 +497,7 @@ def test_manifest_errors(tmp_path: Path, nifti_pair: tuple[Path, Path]) -> None:
         load_manifest(path)
 
 
-def test_load_dataset_dispatch(
-    tmp_path: Path, nifti_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_dataset_dispatch(tmp_path: Path, nifti_pair: tuple[Path, Path]) -> None:
     image, label = nifti_pair
     by_pair = load_dataset((image, label))
     assert load_dataset(by_pair) is by_pair
@@ -513,11 +511,13 @@ def test_load_dataset_dispatch(
     assert load_dataset(npz_dir / "one.npz", modality="MR")[0].modality == "MR"
     assert len(load_dataset(npz_dir)) == 1
 
-    monkeypatch.setattr(manifest_module, "_REGISTRY", dict(manifest_module._REGISTRY))
     register_dataset("mine", lambda: by_pair)
-    assert load_dataset("mine") is by_pair
-    with pytest.raises(ValueError, match="already registered"):
-        register_dataset("mine", lambda: by_pair)
-    with pytest.raises(DatasetNotFoundError, match="'nowhere'.*demo.*mine") as info:
-        load_dataset("nowhere")
-    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
+    try:
+        assert load_dataset("mine") is by_pair
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("mine", lambda: by_pair)
+        with pytest.raises(DatasetNotFoundError, match="'nowhere'.*demo.*mine") as info:
+            load_dataset("nowhere")
+        assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
+    finally:
+        manifest_module.DATASETS.unregister("mine")

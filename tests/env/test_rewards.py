@@ -8,7 +8,7 @@ import pytest
 from medseg_testing import gt_box_action
 
 from medseg_env import actions
-from medseg_env.rewards import PRESETS, Reward, StepContext, register_reward_term
+from medseg_env.rewards import PRESETS, TERMS, Reward, StepContext, register_reward_term
 
 
 def ctx(**kw) -> StepContext:
@@ -72,7 +72,10 @@ def test_composition_with_callables_and_registered_terms():
     assert terms == pytest.approx({"dice_gain": 1.2, "bonus": 0.5})
     assert reward == pytest.approx(1.7)
     register_reward_term("test_bonus", bonus)
-    assert Reward([("test_bonus", 3.0)])(ctx(dice=0.9))[0] == 3.0
+    try:
+        assert Reward([("test_bonus", 3.0)])(ctx(dice=0.9))[0] == 3.0
+    finally:
+        TERMS.unregister("test_bonus")
     assert Reward(bonus)(ctx(dice=0.1))[0] == 0.0
 
 
@@ -102,7 +105,7 @@ def test_presets_in_the_env_sum_their_terms(preset, small_demo):
     for action in (gt_box_action(env), actions.click(0.5, 0.5)):
         _, reward, terminated, truncated, info = env.step(action)
         assert reward == pytest.approx(sum(info["reward_terms"].values()))
-        assert set(info["reward_terms"]) == set(PRESETS[preset])
+        assert set(info["reward_terms"]) == set(PRESETS.get(preset))
         total += reward
     assert truncated and info["invalid_action"]
     if preset == "final_dice":

@@ -1,8 +1,11 @@
-"""One conformance suite shared by every segmenter backend.
+"""One conformance suite shared by every registered segmenter backend.
 
-LiteMedSAM runs with its real weights. SAM and MedSAM have no weights we may ship, so they run
-as real, randomly initialised models of their architecture (a small ViT encoder at 256 px);
-their checkpoint path is tested by saving and reloading such a model.
+The backends come from the segmenter registry, so a new backend is covered by registering it
+(plus, if it cannot be built without arguments here, its test options in ``TEST_OPTIONS``).
+LiteMedSAM and its click-tuned variant run with their real weights. SAM and MedSAM have no
+weights we may ship, so they run as real, randomly initialised models of their architecture (a
+small ViT encoder at 256 px); their checkpoint path is tested by saving and reloading such a
+model.
 """
 
 from __future__ import annotations
@@ -20,20 +23,25 @@ from medseg_env.segmenters import (
     Segmenter,
     UnsupportedPromptError,
     make_segmenter,
+    registered_segmenters,
 )
 
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn": (1,)}
+# Options that let a backend build offline here; backends that need none are absent.
+TEST_OPTIONS = {
+    "sam": {"model_type": TINY, "image_size": 256, "allow_random_init": True},
+    "medsam": {"model_type": TINY, "image_size": 256, "allow_random_init": True},
+}
+BACKENDS = registered_segmenters()
 
 
 def build(name: str, **kw) -> Segmenter:
-    if name == "litemedsam":
-        return make_segmenter("litemedsam", cache=EmbeddingCache(), **kw)
-    return make_segmenter(
-        name, model_type=TINY, image_size=256, allow_random_init=True, cache=EmbeddingCache(), **kw
-    )
+    return make_segmenter(name, cache=EmbeddingCache(), **{**TEST_OPTIONS.get(name, {}), **kw})
 
 
-BACKENDS = ["litemedsam", "sam", "medsam"]
+def test_every_shipped_backend_is_in_the_suite():
+    assert {"litemedsam", "litemedsam_clicks", "sam", "medsam"} <= set(BACKENDS)
+    assert set(TEST_OPTIONS) <= set(BACKENDS)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,7 @@ def test_declared_prompt_kinds_are_enforced(name, sample, backends):
 
 def test_expected_prompt_kinds(backends):
     assert backends["litemedsam"].prompt_kinds == {"box"}
+    assert backends["litemedsam_clicks"].prompt_kinds == {"box", "point"}
     assert backends["sam"].prompt_kinds == {"box", "point"}
     assert backends["medsam"].prompt_kinds == {"box"}
 

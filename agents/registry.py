@@ -1,0 +1,57 @@
+"""The policy registry: ``register_policy(name, factory)`` and ``make_policy(name, **kwargs)``.
+
+One ``medseg_env.registry.Registry`` with the ``medseg_agents.policies`` entry-point group, so a
+third-party package adds a policy without being imported::
+
+    [project.entry-points."medseg_agents.policies"]
+    my_policy = "my_package.policies:MyPolicy"
+
+``medseg-bench`` lists and builds policies from here, in registration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from medseg_env.registry import Registry
+
+from .base import Policy
+
+ENTRY_POINT_GROUP = "medseg_agents.policies"
+PolicyFactory = Callable[..., Policy]
+
+
+def _check_factory(name: str, factory: PolicyFactory) -> None:
+    if not callable(factory):
+        raise TypeError(f"policy {name!r} must be a Policy class or factory; got {factory!r}")
+
+
+POLICIES: Registry[PolicyFactory] = Registry("policy", ENTRY_POINT_GROUP, _check_factory)
+
+
+def register_policy(name: str, factory: PolicyFactory, *, overwrite: bool = False) -> None:
+    """Make ``make_policy(name, **kwargs)`` (and ``medseg-bench -p name``) build ``factory``.
+
+    ``factory`` is a ``Policy`` subclass or any callable returning a ``Policy``; its keyword
+    arguments are the options of the benchmark's ``name:key=value`` specs.
+    """
+    POLICIES.register(name, factory, overwrite=overwrite)
+
+
+def registered_policies() -> list[str]:
+    """Registered policy names, in registration order."""
+    return POLICIES.names()
+
+
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """The policy registered as ``name``, built with ``kwargs`` (e.g. ``seed=0``).
+
+    Raises:
+        KeyError: (also a ``ValueError``) for an unknown name, listing the known ones.
+        TypeError: the factory returned something that is not a ``Policy``.
+    """
+    policy = POLICIES.get(name)(**kwargs)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy {name!r} built a {type(policy).__name__}, not a Policy")
+    return policy

@@ -1,0 +1,166 @@
+"""Every frame conversion of the project, and the box of a mask: the one place they live.
+
+Frames (all continuous coordinates are ``(x, y)``: x to the right, y down; pixel ``(row r,
+col c)`` covers ``[c, c+1) × [r, r+1)``, so its centre is ``(c + 0.5, r + 0.5)``):
+
+- **image**: a sample at its original ``(H, W)`` size;
+- **canvas**: the ``S×S`` observation (``S = obs_size``), where the image is *letterboxed*: its
+  longest side resized to ``S``, the rest zero-padded at the bottom and right;
+- **model input**: a SAM-family backend's square input (256 for LiteMedSAM, 1024 for SAM),
+  reached from the image it encodes by the same longest-side rule;
+- **normalised**: ``[0, 1]`` coordinates of a square frame, as actions carry them.
+
+``LongestSide`` is the one implementation of "resize the longest side and pad" (as
+segment-anything's ``ResizeLongestSide``): the env's letterbox, the SAM-family preprocessing
+and upscaling, and the click-model training all call it, so a change of rounding moves every
+frame together. The MLLM text protocols add their integer grids (0–999, 0–1000) here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PixelBox = tuple[int, int, int, int]
+"""``(r0, c0, r1, c1)``: inclusive row/column pixel indices."""
+
+
+@dataclass(frozen=True)
+class LongestSide:
+    """An ``(height, width)`` frame resized so its longest side is ``side``, padded to square.
+
+    Attributes:
+        height, width: the source frame's size in pixels.
+        side: the square target's side in pixels.
+    """
+
+    height: int
+    width: int
+    side: int
+
+    def __post_init__(self) -> None:
+        if min(self.height, self.width, self.side) < 1:
+            raise ValueError(
+                f"frame sizes must be positive; got {self.height}x{self.width} -> {self.side}"
+            )
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], side: int) -> LongestSide:
+        """The frame of an array whose first two axes are ``(H, W)``."""
+        return cls(int(shape[0]), int(shape[1]), int(side))
+
+    @property
+    def scale(self) -> float:
+        """Target pixels per source pixel."""
+        return self.side / max(self.height, self.width)
+
+    @property
+    def resized_shape(self) -> tuple[int, int]:
+        """``(h, w)`` of the resized content inside the square (the rest is padding).
+
+        Rounded to the nearest pixel (Python's ``round``), and never below 1.
+        """
+        scale = self.scale
+        return max(1, round(self.height * scale)), max(1, round(self.width * scale))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the content is not resized (only padded, or not at all)."""
+        return self.resized_shape == (self.height, self.width)
+
+    def resized_spacing(self, spacing: tuple[float, float]) -> tuple[float, float]:
+        """The ``(row_mm, col_mm)`` pixel size of the resized content, from the source's.
+
+        Uses the rounded shape, so physical lengths are kept exactly across the resize.
+        """
+        new_h, new_w = self.resized_shape
+        return spacing[0] * self.height / new_h, spacing[1] * self.width / new_w
+
+    def to_target(self, coords: np.ndarray) -> np.ndarray:
+        """Source ``(x, y)`` coordinates (any shape ending in 2 or 4) to target coordinates."""
+        return np.asarray(coords) * self.scale
+
+    def to_source(self, coords: np.ndarray) -> np.ndarray:
+        """Target ``(x, y)`` coordinates back to the source frame (inverse of ``to_target``)."""
+        return np.asarray(coords) / self.scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalised square coordinates ↔ pixels
+# ---------------------------------------------------------------------------------------------
+
+
+def to_pixels(normalized: np.ndarray, size: int) -> np.ndarray:
+    """Normalised ``[0, 1]`` coordinates of a ``size``-pixel square to continuous pixels."""
+    return np.asarray(normalized) * size
+
+
+def to_normalized(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Continuous pixel coordinates of a ``size``-pixel square to normalised ``[0, 1]``."""
+    return np.asarray(pixels, dtype=np.float64) / size
+
+
+def pixel_center(row: int, col: int, size: int) -> tuple[float, float]:
+    """Normalised ``(x, y)`` of the centre of pixel ``(row, col)`` of a ``size`` square."""
+    return (col + 0.5) / size, (row + 0.5) / size
+
+
+def pixel_box_edges(box: PixelBox) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` pixel edges of an inclusive ``(r0, c0, r1, c1)`` box.
+
+    The edges enclose exactly the box's pixels: ``x1 = c1 + 1``, ``y1 = r1 + 1``.
+    """
+    r0, c0, r1, c1 = box
+    return c0, r0, c1 + 1, r1 + 1
+
+
+def pixel_box_normalized(box: PixelBox, size: int) -> tuple[float, float, float, float]:
+    """Normalised ``(x0, y0, x1, y1)`` covering exactly an inclusive box of a ``size`` square."""
+    x0, y0, x1, y1 = pixel_box_edges(box)
+    return x0 / size, y0 / size, x1 / size, y1 / size
+
+
+def pixel_of(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the pixels holding continuous ``(x, y)`` points (``(N, 2)``).
+
+    A point on a pixel's left/top edge belongs to that pixel; points are clipped into the
+    image, so ``x = W`` lands in column ``W - 1``.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    rows = np.clip(np.floor(pts[:, 1]).astype(np.int64), 0, shape[0] - 1)
+    cols = np.clip(np.floor(pts[:, 0]).astype(np.int64), 0, shape[1] - 1)
+    return rows, cols
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes of masks
+# ---------------------------------------------------------------------------------------------
+
+
+def box_from_mask(mask: np.ndarray) -> PixelBox | None:
+    """Tight box ``(r0, c0, r1, c1)`` of the non-zero pixels of an ``(H, W)`` mask.
+
+    Row/column pixel indices, both ends inclusive (so a single pixel at ``(r, c)`` gives
+    ``(r, c, r, c)``). ``None`` if the mask is empty.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2D (H, W); got shape {m.shape}")
+    m = m != 0
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def box_edges_from_mask(mask: np.ndarray) -> np.ndarray:
+    """The tight box of a non-empty mask as ``(x0, y0, x1, y1)`` float32 pixel edges.
+
+    This is the box prompt a segmenter takes (``Prompts.box``) for the exact target box.
+    """
+    box = box_from_mask(mask)
+    if box is None:
+        raise ValueError("box_edges_from_mask needs a non-empty mask")
+    return np.array(pixel_box_edges(box), np.float32)

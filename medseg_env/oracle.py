@@ -1,0 +1,61 @@
+"""The oracle surface: what simulated users and expert policies may read of an episode.
+
+A learning agent sees only the observation. Oracle click simulators (RITM, IMIS) and expert
+policies (oracle box, hybrid prompting) also need the ground truth and a few facts about the
+episode; they read them through one typed surface, ``Oracle``, and nothing else::
+
+    oracle = env.get_wrapper_attr("oracle")   # Gymnasium's way: works through any wrapper
+    gt = oracle.ground_truth                  # (S, S) bool, read-only
+
+``get_wrapper_attr`` returns the outermost definition, so a wrapper that changes the frame or
+the prompt kinds the agent may use exposes its own ``oracle`` and every shipped policy follows
+it; a wrapper that changes neither needs to do nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .actions import Action
+from .segmenters.types import PromptKind, Prompts
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """What oracle and expert policies may read; never part of the observation.
+
+    Coordinates are observation-canvas pixels (``S = obs_size``), as in ``medseg_env.geometry``.
+    """
+
+    @property
+    def ground_truth(self) -> np.ndarray:
+        """The target's ``(S, S)`` bool mask (a read-only view)."""
+        ...
+
+    @property
+    def prompts(self) -> Prompts:
+        """The prompts the segmenter accepted so far (canvas pixel coordinates)."""
+        ...
+
+    @property
+    def obs_size(self) -> int:
+        """``S``, the side of the square observation, in pixels."""
+        ...
+
+    @property
+    def min_box_size(self) -> float:
+        """Boxes with a side below this many canvas pixels are invalid actions."""
+        ...
+
+    def supports(self, kind: PromptKind) -> bool:
+        """Whether the segmenter takes this prompt kind (``"box"`` or ``"point"``)."""
+        ...
+
+    def preview(self, action: Action) -> tuple[np.ndarray, str | None]:
+        """The ``(S, S)`` bool mask ``action`` would give now, and the invalid reason or None.
+
+        Takes no turn, changes no state and draws nothing from any random generator.
+        """
+        ...
