@@ -116,11 +116,11 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
     old_models, new_models = saved.get("models", {}), model_ids(plan)
     changed = _changed_keys(old_models, new_models)
     if changed:
-        found = {k: old_models.get(k) for k in changed}
+        saved_ids = {k: old_models.get(k) for k in changed}
         raise BenchError(
             f"{out_dir} holds results of the same config made with other model weights: "
             f"segmenter(s) {changed} are now {[new_models[k] for k in changed]}, the folder has "
-            f"{found}. Choose another --out folder."
+            f"{saved_ids}. Choose another --out folder."
         )
     return True
 

@@ -23,7 +23,7 @@ import torch
 
 import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env import actions
-from medseg_env.env import default_config
+from medseg_env.env import MedSegEnv, default_config
 from medseg_env.geometry import box_from_mask
 from medseg_env.metrics import dice_iou, hd95, nsd
 from medseg_env.segmenters import EmbeddingCache
@@ -42,6 +42,7 @@ def measure(segmenter: str, repeats: int) -> dict[str, float]:
     cache = EmbeddingCache()
     env = gym.make("MedSeg-v0", segmenter=segmenter, segmenter_kwargs={"cache": cache})
     base = env.unwrapped
+    assert isinstance(base, MedSegEnv)  # narrows gym.make's Env[Any, Any]
     n = len(base.dataset)
     cold_indices = iter(range(n))
 
@@ -52,7 +53,10 @@ def measure(segmenter: str, repeats: int) -> dict[str, float]:
     results = {"cold_reset_ms": median_ms(cold_reset, min(repeats, 5))}
     results["warm_reset_ms"] = median_ms(lambda: env.reset(options={"sample_index": 0}), repeats)
     env.reset(options={"sample_index": 0})
-    r0, c0, r1, c1 = box_from_mask(base.ground_truth)
+    bbox = box_from_mask(base.ground_truth)
+    if bbox is None:  # every sample has a target; unpacking None raised TypeError
+        raise ValueError("the episode's ground truth is empty")
+    r0, c0, r1, c1 = bbox
     box = actions.pixel_box(r0, c0, r1, c1, base.obs_size)
     degenerate = actions.box(0.5, 0.5, 0.5, 0.5)
 

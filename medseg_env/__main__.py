@@ -22,7 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     for episode in range(args.episodes):
         _, info = env.reset(seed=args.seed + episode)
         oracle = env.get_wrapper_attr("oracle")
-        r0, c0, r1, c1 = box_from_mask(oracle.ground_truth)
+        bbox = box_from_mask(oracle.ground_truth)
+        if bbox is None:  # every sample has a target; unpacking None raised TypeError
+            raise ValueError("the episode's ground truth is empty")
+        r0, c0, r1, c1 = bbox
         _, _, _, _, info = env.step(actions.pixel_box(r0, c0, r1, c1, oracle.obs_size))
         env.step(actions.stop())
         dices.append(info["dice"])

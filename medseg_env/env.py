@@ -12,7 +12,7 @@ masks and metrics all live on that canvas; pixel spacing is rescaled to match.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +27,9 @@ from .oracle import Oracle
 from .render import overlay, prompt_map
 from .rewards import Reward, StepContext
 from .segmenters import PromptKind, Prompts, Segmenter, make_segmenter
+
+if TYPE_CHECKING:
+    import torch
 
 Observation = dict[str, np.ndarray]
 StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
@@ -114,13 +117,17 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self.min_box_size = float(self.config["min_box_size"])
 
         image_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
-        self.observation_space = spaces.Dict(
-            {
-                "image": image_space,
-                "mask": spaces.Box(0, 255, (size, size, 1), np.uint8),
-                "prompts": spaces.Box(0, 255, (size, size, 3), np.uint8),
-                "turn": spaces.Box(0, max_turns, (1,), np.int64),
-            }
+        # gymnasium types a Dict space as Space[dict[str, Space]]; its elements are dicts of arrays.
+        self.observation_space = cast(
+            spaces.Space[Observation],
+            spaces.Dict(
+                {
+                    "image": image_space,
+                    "mask": spaces.Box(0, 255, (size, size, 1), np.uint8),
+                    "prompts": spaces.Box(0, 255, (size, size, 3), np.uint8),
+                    "turn": spaces.Box(0, max_turns, (1,), np.int64),
+                }
+            ),
         )
         self.action_space = A.action_space()
         self._framed: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
@@ -190,7 +197,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._image, self._gt, self._spacing = self._frame(index)
         self._embedding = self.segmenter.encode(self._image)
         self._mask = np.zeros_like(self._gt)
-        self._logits = None
+        self._logits: torch.Tensor | None = None
         self._prompts = Prompts()
         self._turn = 0
         self._dices, self._ious = [0.0], [0.0]
@@ -269,7 +276,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         return prediction.mask, None
 
     # ----------------------------------------------------------------- helpers
-    def _mask_input(self, kind: A.ActionKind):
+    def _mask_input(self, kind: A.ActionKind) -> torch.Tensor | None:
         """The previous logits on refinement (click) turns; none for a new box.
 
         SAM-style models are trained with the mask input only on correction rounds, never with

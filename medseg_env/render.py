@@ -59,6 +59,8 @@ def overlay(
         rr, cc = rectangle_perimeter(start, end=end, shape=shape, clip=True)
         out[rr, cc] = BOX_COLOR
     if points is not None and len(points):
+        if labels is None:  # the TypeError zip(points, None) raised, with a message
+            raise TypeError("overlay: points need labels")
         radius = radius or max(2, round(0.015 * max(shape)))
         for (x, y), label in zip(points, labels, strict=True):
             center = _pixel(x, y, shape)

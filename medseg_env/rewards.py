@@ -196,6 +196,7 @@ class Reward:
     def __init__(self, spec: RewardSpec = "dice_gain") -> None:
         self.weights: dict[str, float] = {}
         self.terms: dict[str, RewardTerm] = {}
+        pairs: list[tuple[str | RewardTerm, float]]
         if isinstance(spec, str):
             pairs = list(PRESETS.get(spec).items()) if spec in PRESETS else [(spec, 1.0)]
         elif callable(spec):

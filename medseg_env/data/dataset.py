@@ -166,7 +166,11 @@ def target_name(value: int, label_map: Mapping[int, str] | None) -> str:
     return f"label_{value}"
 
 
-def parse_label_map(label_map: Mapping[int | str, str] | None, where: str) -> dict[int, str]:
+# Keys are ints, or digit strings from JSON (a union: ``Mapping`` is invariant in its key type).
+LabelMapInput = Mapping[int, str] | Mapping[str, str] | Mapping[int | str, str]
+
+
+def parse_label_map(label_map: LabelMapInput | None, where: str) -> dict[int, str]:
     """Validate a ``{label value: name}`` mapping; keys may be ints or digit strings (JSON)."""
     if label_map is None:
         return {}

@@ -50,8 +50,9 @@ def read_image_file(path: Path, *, palette_as_index: bool = False) -> np.ndarray
         if path.suffix.lower() in _TIFF:
             arr = np.asarray(tifffile.imread(path))
         else:
-            with Image.open(path) as img:
-                img.load()
+            with Image.open(path) as opened:
+                opened.load()
+                img: Image.Image = opened
                 if img.mode == "P" and not palette_as_index:
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
                 elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
@@ -180,8 +181,12 @@ def load_folder(
             rgb = grey_to_rgb(apply_window(raw, win))
         else:
             rgb = to_rgb_uint8(raw)
+
+        def image_of(_k: int, rgb: np.ndarray = rgb) -> np.ndarray:  # bound now, read later
+            return rgb
+
         found = samples_from_slices(
-            lambda _k, rgb=rgb: rgb,
+            image_of,
             labels[None],
             slice_ids=[""],
             source_id=stem,

@@ -45,10 +45,11 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 from medseg_env.data.dataset import Dataset, parse_label_map, target_name
 from medseg_env.data.nifti import load_nifti, nifti_stem
@@ -291,7 +292,9 @@ def _check_headers(folder: Path, cases: list[_Case]) -> dict[str, int]:
         shapes = []
         for path in (image, label):
             try:
-                shapes.append(tuple(int(n) for n in nib.load(str(path)).shape))
+                # nib.load is typed FileBasedImage; NIfTI files load as a SpatialImage.
+                img = cast(SpatialImage, nib.load(str(path)))
+                shapes.append(tuple(int(n) for n in img.shape))
             except Exception as err:  # nibabel raises many types (ImageFileError, EOFError...)
                 problems.append(f"cannot read {_rel(folder, path)}: {type(err).__name__}: {err}")
         if len(shapes) != 2:
@@ -313,7 +316,7 @@ def _check_headers(folder: Path, cases: list[_Case]) -> dict[str, int]:
 
 def _first_channel_file(image: Path, directory: str) -> Path:
     """Write channel 0 of a 4D image as a 3D ``.nii`` in ``directory`` (same voxel sizes)."""
-    img = nib.load(str(image))
+    img = cast(SpatialImage, nib.load(str(image)))  # typed FileBasedImage; NIfTI is spatial
     data = np.asarray(img.dataobj[..., 0], dtype=np.float32)  # scl_slope / inter applied
     out = nib.Nifti1Image(data, img.affine)
     out.header.set_zooms(tuple(float(z) for z in img.header.get_zooms()[:3]))
@@ -446,7 +449,7 @@ def load_nnunet(
     where, data = _read_dataset_json(folder)
     json_modality = _json_modality(data, where, ("channel_names", "modality"))
     json_labels, ignore_value = _nnunet_labels(data, where)
-    endings = _NIFTI_ENDINGS
+    endings: tuple[str, ...] = _NIFTI_ENDINGS
     if "file_ending" in data:
         ending = data["file_ending"]
         if not isinstance(ending, str) or ending.lower() not in _NIFTI_ENDINGS:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 from medseg_env.data.dataset import (
     Dataset,
@@ -42,7 +44,8 @@ def _read_volume(path: Path, what: str, *, as_float: bool) -> tuple[np.ndarray, 
     if not path.is_file():
         raise FileNotFoundError(f"NIfTI {what} not found: {path}")
     try:
-        img = nib.load(str(path))
+        # nib.load is typed as returning FileBasedImage; NIfTI files load as a SpatialImage.
+        img = cast(SpatialImage, nib.load(str(path)))
         data = img.get_fdata(dtype=np.float32) if as_float else np.asanyarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except Exception as err:  # nibabel raises many types (ImageFileError, gzip/EOF errors...)

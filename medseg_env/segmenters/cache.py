@@ -139,7 +139,7 @@ class EmbeddingCache:
         return {"max_bytes": self.max_bytes, "disk_dir": self.disk_dir}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["max_bytes"], state["disk_dir"])
+        type(self).__init__(self, state["max_bytes"], state["disk_dir"])
 
 
 _DEFAULT: EmbeddingCache | None = None

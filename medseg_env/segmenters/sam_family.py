@@ -7,7 +7,8 @@ low-resolution logits, which are cropped to the unpadded area and resized back.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -140,9 +141,11 @@ class SamFamilySegmenter(Segmenter):
             and points[0].shape[1] == 1
         )
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        # A method of SAM's PromptEncoder, which nn.Module.__getattr__ types as Tensor | Module.
+        get_dense_pe = cast(Callable[[], torch.Tensor], self.prompt_encoder.get_dense_pe)
         low_res, scores = self.mask_decoder(
             image_embeddings=embedding.features.to(self.device),
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,

@@ -38,14 +38,14 @@ class MultiDiscreteActions(gym.ActionWrapper):
         if not self.action_space.contains(a.astype(np.int64)):
             raise ValueError(f"action {a.tolist()} is outside {self.action_space}")
         kind, c0, r0, c1, r1 = (int(v) for v in a)
-        g = self.grid
+        # The grid is a G-pixel square frame: the geometry of pixel actions applies as is.
         if kind == A.ActionKind.BOX:
             lo_c, hi_c = sorted((c0, c1))
             lo_r, hi_r = sorted((r0, r1))
-            return A.box(lo_c / g, lo_r / g, (hi_c + 1) / g, (hi_r + 1) / g)
+            return A.pixel_box(lo_r, lo_c, hi_r, hi_c, self.grid)
         if kind == A.ActionKind.STOP:
             return A.stop()
-        return A.click((c0 + 0.5) / g, (r0 + 0.5) / g, positive=kind == A.ActionKind.POSITIVE_CLICK)
+        return A.pixel_click(r0, c0, self.grid, positive=kind == A.ActionKind.POSITIVE_CLICK)
 
 
 class ContinuousActions(gym.ActionWrapper):

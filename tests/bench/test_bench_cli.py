@@ -9,6 +9,8 @@ import medseg_bench.runner
 from medseg_bench import BenchConfig
 from medseg_bench.cli import main
 from medseg_bench.runner import BenchResult
+from medseg_env import default_config
+from medseg_env.metrics import NSD_TOLERANCE_MM
 
 
 def test_run_resume_and_compare(tiny_npz, tmp_path, capsys):
@@ -63,10 +65,15 @@ def test_plain_command_runs_the_default_benchmark(monkeypatch, tmp_path, capsys)
 
     monkeypatch.setattr(medseg_bench.runner, "run_benchmark", fake_run)
     assert main([]) == 0
-    # Every registered policy (resolved by the runner), the demo data, the default segmenter,
-    # and the default folder (None: $MEDSEG_BENCH_DIR/<hash> or ~/.cache/..., never the cwd).
-    assert seen["config"] == BenchConfig()
-    assert seen["config"].datasets == ("demo",) and seen["config"].budget == 20
+    # Every registered policy (resolved by the runner), the bundled held-out split, the default
+    # segmenter, and the default folder (None: $MEDSEG_BENCH_DIR/<hash> or ~/.cache/..., never
+    # the cwd); sizes and tolerances are the env's and the metrics' own defaults.
+    config = seen["config"]
+    assert config == BenchConfig()
+    assert config.datasets == ("demo-heldout",) and config.budget == 20
+    assert config.segmenters == (default_config()["segmenter"],)
+    assert config.obs_size == default_config()["obs_size"]
+    assert config.nsd_tolerance_mm == NSD_TOLERANCE_MM
     assert seen["out"] is None and seen["progress"] is True and seen["plots"] is True
     assert list(tmp_path.iterdir()) == []
 
@@ -90,3 +97,7 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "oracle_box" in out and "demo" in out and "litemedsam" in out
+    assert "demo-heldout" in out
+    # policies in registration order, the order of the benchmark's tables
+    line = next(line for line in out.splitlines() if line.startswith("policies:"))
+    assert line.split()[1:6] == ["oracle_box", "hybrid_expert", "ritm", "imis", "random"]
