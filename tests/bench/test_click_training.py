@@ -1,29 +1,37 @@
-"""The click fine-tuning recipe's pieces (``medseg_bench.train_clicks`` / ``eval_clicks``)."""
+"""The click fine-tuning recipe's pieces (``medseg_bench.click_training``).
+
+No test needs the downloaded training sources: the tumour-slice tests write a small synthetic
+pyradiomics case, the evaluation tests read the bundled held-out split.
+"""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from medseg_bench.eval_clicks import at, load_heldout
-from medseg_bench.train_clicks import (
-    FAMILY_WEIGHTS,
+from medseg_bench.click_training.data import (
+    EVERY_SLICE,
+    HELDOUT_SOURCES,
     INPUT,
+    HeldOutLeakError,
     Item,
-    assert_no_heldout,
-    click_loss,
+    check_no_heldout,
     dihedral,
-    family_weights,
-    regression_loss,
-    target_frame,
-    weights_metadata,
+    tumour_items,
     zoom_out,
 )
+from medseg_bench.click_training.evaluate import at, build_parser, bundled_heldout, load_heldout
+from medseg_bench.click_training.loop import weights_metadata
+from medseg_bench.click_training.losses import click_loss, regression_loss, target_frame
+from medseg_bench.click_training.prompting import jitter_box
+from medseg_bench.click_training.train import FAMILY_WEIGHTS, family_weights
+from medseg_env.data.demo import build_demo
 
 
 def test_click_loss_rewards_logits_that_agree_with_the_clicks():
@@ -93,10 +101,24 @@ def test_dihedral_gives_eight_distinct_views():
 
 def test_held_out_cases_are_refused_for_training():
     ok = Item("brain1_z010_d0", "pyradiomics:brain1", np.zeros((4, 4, 3), np.uint8))
-    assert_no_heldout([ok])
-    for source in ("pyradiomics:brain2", "pyradiomics:lung2", "stardist:rows256-511"):
-        with pytest.raises(AssertionError, match="held-out"):
-            assert_no_heldout([ok, Item("x", source, ok.image)])
+    check_no_heldout([ok])
+    leaks = [*sorted(HELDOUT_SOURCES), "pyradiomics:lung2_zoom"]  # exact names and look-alikes
+    for source in leaks:
+        with pytest.raises(HeldOutLeakError, match="held-out") as caught:
+            check_no_heldout([ok, Item("x", source, ok.image)])
+        assert source in str(caught.value)  # names what leaked
+        # a real exception (kept under `python -O`), and a ValueError to generic handlers
+        assert isinstance(caught.value, ValueError)
+        assert not isinstance(caught.value, AssertionError)
+
+
+def test_jitter_box_stays_near_the_exact_box_and_inside_the_image():
+    mask = np.zeros((50, 80), bool)
+    mask[10:30, 5:75] = True
+    box = jitter_box(mask, np.random.default_rng(0))
+    exact = np.array([5, 10, 75, 30], np.float32)  # x0, y0, x1, y1 pixel edges
+    assert np.all(np.abs(box - exact) <= [3.5, 1, 3.5, 1])  # <= 5 % of the side
+    assert 0 <= box[0] and box[2] <= 80 and 0 <= box[1] and box[3] <= 50
 
 
 def test_target_frame_letterboxes_like_the_model_input():
@@ -105,6 +127,54 @@ def test_target_frame_letterboxes_like_the_model_input():
     frame = target_frame(mask)
     assert frame.shape == (1, INPUT, INPUT)
     assert frame[0, :128, :16].all() and frame.sum() == 128 * 16  # 2x, padded below
+
+
+# --- tumour slices from a synthetic pyradiomics case -----------------------------------------
+
+
+def fake_pyradiomics(root: Path, cases=("brain1",)) -> Path:
+    """A small pyradiomics tree: a 32×32×10 volume per case, a tumour on 8 slices."""
+    nrrd = pytest.importorskip("nrrd")
+    data = root / "pyradiomics" / "data"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    header = {"space directions": np.diag([0.5, 0.5, 3.0])}
+    for case in cases:
+        vol = rng.normal(300, 50, (32, 32, 10)).astype(np.int16)
+        lab = np.zeros(vol.shape, np.uint8)
+        lab[10:16, 5:12, 1:9] = 1
+        vol[lab > 0] += 600
+        nrrd.write(str(data / f"{case}_image.nrrd"), vol, header)
+        nrrd.write(str(data / f"{case}_label.nrrd"), lab, header)
+    return root / "pyradiomics"
+
+
+def test_tumour_case_honours_max_slices_without_touching_globals(tmp_path):
+    pyrad = fake_pyradiomics(tmp_path)
+    before = build_demo.MAX_SLICES
+    demo = build_demo.tumour_case("brain1", pyrad)
+    every = build_demo.tumour_case("brain1", pyrad, max_slices=EVERY_SLICE)
+    two = build_demo.tumour_case("brain1", pyrad, max_slices=2)
+    assert build_demo.MAX_SLICES == before == 6  # no module global was changed
+    assert len(demo) == before and len(every) == 8 and len(two) == 2
+    assert {stem for stem, _ in demo} < {stem for stem, _ in every}
+    again = build_demo.tumour_case("brain1", pyrad)  # the default still gives the demo's spread
+    assert [stem for stem, _ in again] == [stem for stem, _ in demo]
+
+
+def test_training_takes_every_tumour_slice(tmp_path):
+    pyrad = fake_pyradiomics(tmp_path, cases=("brain1", "lung1", "breast1"))
+    before = build_demo.MAX_SLICES
+    items = tumour_items(pyrad, np.random.default_rng(0), 0, 0, np.random.default_rng(1))
+    assert build_demo.MAX_SLICES == before
+    assert len(items) == 3 * 8 * 8  # 3 cases x 8 slices x 8 dihedral views
+    assert {it.source for it in items} == {
+        f"pyradiomics:{c}" for c in ("brain1", "lung1", "breast1")
+    }
+    check_no_heldout(items)
+
+
+# --- evaluation ------------------------------------------------------------------------------
 
 
 def test_eval_refuses_training_tiles(tmp_path):
@@ -118,6 +188,19 @@ def test_eval_refuses_training_tiles(tmp_path):
     )
     with pytest.raises(ValueError, match="rows < 256 are training data"):
         load_heldout(tmp_path, 0, 0)
+
+
+def test_eval_reads_the_bundled_held_out_split_by_default(tmp_path):
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    assert args.heldout == bundled_heldout()
+    assert (args.heldout / "PROVENANCE.md").is_file()
+    targets = load_heldout(args.heldout, 0, 0)
+    groups = [t["group"] for t in targets]
+    assert groups.count("tumour") == 9 and groups.count("nuclei") == 75
+    subset = load_heldout(args.heldout, 5, 0)
+    assert [t["group"] for t in subset].count("nuclei") == 5
+    other = build_parser().parse_args(["--out", str(tmp_path), "--heldout", str(tmp_path)])
+    assert other.heldout == tmp_path
 
 
 def test_curve_value_after_an_early_stop_is_the_last_one():

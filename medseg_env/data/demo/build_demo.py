@@ -93,13 +93,20 @@ def square_box(body: np.ndarray, side: int) -> tuple[int, int]:
     """Top-left corner of a ``side``-square centred on the body, kept inside the image."""
     rows, cols = np.nonzero(body)
     centre = ((rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2)
-    return tuple(
+    top, left = (
         int(np.clip(c - side // 2, 0, n - side)) for c, n in zip(centre, body.shape, strict=True)
     )
+    return top, left
 
 
-def tumour_case(case_id: str, pyradiomics: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Up to MAX_SLICES axial slices of one pyradiomics case, as (file stem, npz arrays)."""
+def tumour_case(
+    case_id: str, pyradiomics: Path, max_slices: int = MAX_SLICES
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Up to ``max_slices`` axial slices of one pyradiomics case, as (file stem, npz arrays).
+
+    The demo keeps a spread of ``MAX_SLICES``; the click-model training passes a large
+    ``max_slices`` to get every tumour slice.
+    """
     import nrrd  # pynrrd; only needed here
 
     case = CASES[case_id]
@@ -152,7 +159,7 @@ def tumour_case(case_id: str, pyradiomics: Path) -> list[tuple[str, dict[str, np
 
     candidates = [(z, g, s) for z, g, s in slices if int((s > 0).sum()) >= MIN_TUMOUR_AREA]
     chosen = select_spread(
-        [c[0] for c in candidates], [int((c[2] > 0).sum()) for c in candidates], MAX_SLICES
+        [c[0] for c in candidates], [int((c[2] > 0).sum()) for c in candidates], max_slices
     )
     out = []
     for z, grey, seg in candidates:

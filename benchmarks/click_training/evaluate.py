@@ -1,9 +1,10 @@
 """Evaluate the original LiteMedSAM and the click-tuned model on the held-out split.
 
-Held-out split (never seen in training, see ``train_clicks.py``): pyradiomics ``brain2`` and
-``lung2`` (tumour slices, preprocessed as the demo) and the stardist nuclei image rows 256-511
-(128×128 tiles, each nucleus a target), as written by
-``python medseg_env/data/demo/build_demo.py --split heldout --out DIR``.
+Held-out split (never seen in training, see ``medseg_bench.click_training.data``): pyradiomics
+``brain2`` and ``lung2`` (tumour slices, preprocessed as the demo) and the stardist nuclei image
+rows 256-511 (128×128 tiles, each nucleus a target). It is bundled as the dataset
+``demo-heldout`` (``medseg_env/data/demo_heldout``, the default ``--heldout``), written by
+``python medseg_env/data/demo/build_demo.py --split heldout --name demo-heldout --out DIR``.
 
 Protocols, per target, with the RITM clicker (``medseg_agents.clickers.next_click``; a click
 goes to the pixel centre ``(col + 0.5, row + 0.5)``); each predict gets all prompts so far plus
@@ -17,7 +18,7 @@ the previous low-res logits (the env's behaviour):
 
 Usage::
 
-    python -m medseg_bench.eval_clicks --weights FILE --out DIR [--heldout DIR]
+    python -m medseg_bench.click_training.evaluate --weights FILE --out DIR [--heldout DIR]
 
 Writes ``DIR/eval_clicks.json``, ``DIR/eval_clicks.md`` and ``DIR/eval_clicks.png``.
 """
@@ -27,16 +28,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medseg_agents.clickers import next_click
+from medseg_env.geometry import box_edges_from_mask
 from medseg_env.metrics import dice_iou, noc
-from medseg_env.segmenters.base import Embedding, Prompts
+from medseg_env.segmenters import EmbeddingCache, LiteMedSAM, LiteMedSAMClicks
+from medseg_env.segmenters.checkpoints import file_sha256
+from medseg_env.segmenters.litemedsam import load_litemedsam_modules
 from medseg_env.segmenters.sam_family import SamFamilySegmenter
+from medseg_env.segmenters.types import Embedding, Prompts
 
 GROUPS = {"brain2": "tumour", "lung2": "tumour", "nuclei": "nuclei"}
+
+
+def bundled_heldout() -> Path:
+    """The installed ``demo-heldout`` folder (``medseg_env/data/demo_heldout``)."""
+    return Path(str(resources.files("medseg_env.data").joinpath("demo_heldout")))
+
+
+# --- targets ---------------------------------------------------------------------------------
 
 
 def load_heldout(folder: Path, max_nuclei: int, seed: int) -> list[dict]:
@@ -67,9 +82,17 @@ def load_heldout(folder: Path, max_nuclei: int, seed: int) -> list[dict]:
     return targets
 
 
-def gt_box(gt: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(gt)
-    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32)
+def encode_targets(seg: LiteMedSAM, targets: list[dict]) -> dict[str, torch.Tensor]:
+    """Image features per file stem: one encode per image (both models share the encoder)."""
+    feats = {}
+    for t in targets:
+        key = t["name"].split("#")[0]
+        if key not in feats:
+            feats[key] = seg.encode(t["image"]).features
+    return feats
+
+
+# --- protocols -------------------------------------------------------------------------------
 
 
 def run_clicks(
@@ -104,31 +127,34 @@ def run_clicks(
     return dices, ious
 
 
+def evaluate_target(seg: SamFamilySegmenter, target: dict, features, args) -> dict:
+    """The three protocols on one target."""
+    gt = target["gt"]
+    emb = Embedding(features, gt.shape, seg.model_id)
+    empty = np.zeros_like(gt)
+    d_clicks, i_clicks = run_clicks(
+        seg, emb, gt, Prompts(), empty, None, args.budget, stop_after=args.curve
+    )
+    box_prompts = Prompts(box=box_edges_from_mask(gt))
+    out = seg.predict(emb, box_prompts, None)
+    d_box, _ = dice_iou(out.mask, gt)
+    d_box_clicks, _ = run_clicks(seg, emb, gt, box_prompts, out.mask, out.logits, 3)
+    return {
+        "target": target["name"],
+        "group": target["group"],
+        "area": int(gt.sum()),
+        "clicks_dice": d_clicks,
+        "clicks_iou": i_clicks,
+        "box_dice": d_box,
+        "box_clicks_dice": d_box_clicks,
+    }
+
+
 def evaluate_model(seg: SamFamilySegmenter, targets: list[dict], feats: dict, args) -> list[dict]:
-    records = []
-    for t in targets:
-        gt = t["gt"]
-        emb = Embedding(feats[t["name"].split("#")[0]], gt.shape, seg.model_id)
-        empty = np.zeros_like(gt)
-        d_clicks, i_clicks = run_clicks(
-            seg, emb, gt, Prompts(), empty, None, args.budget, stop_after=args.curve
-        )
-        box_prompts = Prompts(box=gt_box(gt))
-        out = seg.predict(emb, box_prompts, None)
-        d_box, _ = dice_iou(out.mask, gt)
-        d_box_clicks, _ = run_clicks(seg, emb, gt, box_prompts, out.mask, out.logits, 3)
-        records.append(
-            {
-                "target": t["name"],
-                "group": t["group"],
-                "area": int(gt.sum()),
-                "clicks_dice": d_clicks,
-                "clicks_iou": i_clicks,
-                "box_dice": d_box,
-                "box_clicks_dice": d_box_clicks,
-            }
-        )
-    return records
+    return [evaluate_target(seg, t, feats[t["name"].split("#")[0]], args) for t in targets]
+
+
+# --- summary ---------------------------------------------------------------------------------
 
 
 def at(curve: list[float], k: int) -> float:
@@ -204,78 +230,38 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--weights", type=Path, default=None, help="fine-tuned weights (default shipped)"
-    )
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--heldout", type=Path, default=Path("/tmp/ft/heldout"))
-    p.add_argument("--budget", type=int, default=20, help="click budget for NoC")
-    p.add_argument("--curve", type=int, default=10, help="clicks always run before stopping")
-    p.add_argument("--max-nuclei", type=int, default=40, help="nuclei subset (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, default=None, help="held-out embedding cache (fp32)")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+# --- command line ----------------------------------------------------------------------------
 
-    import torch
-    from safetensors.torch import load_file, save_file
 
-    from medseg_bench.train_clicks import image_digest
-    from medseg_env.segmenters.checkpoints import file_sha256
-    from medseg_env.segmenters.litemedsam import LiteMedSAM, load_litemedsam_modules
-    from medseg_env.segmenters.litemedsam_clicks import LiteMedSAMClicks
-
-    torch.set_num_threads(2)
-    args.out.mkdir(parents=True, exist_ok=True)
-    targets = load_heldout(args.heldout, args.max_nuclei, args.seed)
+def build_models(
+    device: str, weights: Path | None, cache: EmbeddingCache
+) -> tuple[LiteMedSAM, SamFamilySegmenter, LiteMedSAMClicks]:
+    """The encoder (the original model, with ``cache``), the original model with its point
+    restriction lifted (its own defaults otherwise: mask input, best-of-3 for a lone click)
+    and the click-tuned model (``weights``, or the shipped ones)."""
     net = load_litemedsam_modules()
-    original = LiteMedSAM(device=args.device)
-    # The original declares itself box-only; for the clicks protocol we lift that, keeping
-    # its own defaults (mask input, best-of-3 for a lone click).
+    original = LiteMedSAM(device=device, cache=cache)
     original_any = SamFamilySegmenter(
-        net.image_encoder,
-        net.prompt_encoder,
-        net.mask_decoder,
+        net.get_submodule("image_encoder"),
+        net.get_submodule("prompt_encoder"),
+        net.get_submodule("mask_decoder"),
         input_size=256,
         normalization="minmax",
         model_id=original.model_id,
-        device=args.device,
+        device=device,
     )
-    if args.weights is None:
-        tuned = LiteMedSAMClicks(device=args.device)
+    if weights is None:
+        tuned = LiteMedSAMClicks(device=device)
     else:
-        tuned = LiteMedSAMClicks(
-            device=args.device, weights=args.weights, sha256=file_sha256(args.weights)
-        )
-    t0 = time.time()
-    feats = {}  # one encode per image: both models share the image encoder
-    for t in targets:
-        key = t["name"].split("#")[0]
-        if key in feats:
-            continue
-        path = args.cache / f"{image_digest(t['image'])}.safetensors" if args.cache else None
-        if path is not None and path.is_file():
-            feats[key] = load_file(str(path))["f"]
-            continue
-        feats[key] = original._encode(t["image"]).features
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"f": feats[key].contiguous()}, str(path))
-    print(
-        f"{len(targets)} targets, {len(feats)} images encoded in {time.time() - t0:.0f}s",
-        flush=True,
-    )
-    results, summary = {}, {}
-    for label, seg in (("litemedsam", original_any), ("litemedsam_clicks", tuned)):
-        t1 = time.time()
-        results[label] = evaluate_model(seg, targets, feats, args)
-        summary[label] = summarise(results[label], args.budget)
-        print(f"{label}: {time.time() - t1:.0f}s", json.dumps(summary[label]), flush=True)
+        tuned = LiteMedSAMClicks(device=device, weights=weights, sha256=file_sha256(weights))
+    return original, original_any, tuned
+
+
+def write_results(args, tuned_model_id: str, summary: dict, results: dict) -> str:
+    """``eval_clicks.json`` / ``.md`` / ``.png`` in ``args.out``; returns the table."""
     meta = {
         "weights": str(args.weights or "shipped"),
-        "tuned_model_id": tuned.model_id,
+        "tuned_model_id": tuned_model_id,
         "budget": args.budget,
         "max_nuclei": args.max_nuclei,
         "seed": args.seed,
@@ -286,7 +272,51 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(summary, args.budget)
     (args.out / "eval_clicks.md").write_text(table)
     plot(summary, args.out / "eval_clicks.png")
-    print(table)
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--weights", type=Path, default=None, help="fine-tuned weights (default shipped)"
+    )
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--heldout",
+        type=Path,
+        default=bundled_heldout(),
+        help="held-out npz folder (default: the bundled demo-heldout dataset)",
+    )
+    p.add_argument("--budget", type=int, default=20, help="click budget for NoC")
+    p.add_argument("--curve", type=int, default=10, help="clicks always run before stopping")
+    p.add_argument("--max-nuclei", type=int, default=40, help="nuclei subset (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=None, help="held-out embedding cache (on disk)")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    targets = load_heldout(args.heldout, args.max_nuclei, args.seed)
+    original, original_any, tuned = build_models(
+        args.device, args.weights, EmbeddingCache(disk_dir=args.cache)
+    )
+    t0 = time.time()
+    feats = encode_targets(original, targets)
+    print(
+        f"{len(targets)} targets, {len(feats)} images encoded in {time.time() - t0:.0f}s",
+        flush=True,
+    )
+    results, summary = {}, {}
+    for label, seg in (("litemedsam", original_any), ("litemedsam_clicks", tuned)):
+        t1 = time.time()
+        results[label] = evaluate_model(seg, targets, feats, args)
+        summary[label] = summarise(results[label], args.budget)
+        print(f"{label}: {time.time() - t1:.0f}s", json.dumps(summary[label]), flush=True)
+    print(write_results(args, tuned.model_id, summary, results))
     return 0
 
 
