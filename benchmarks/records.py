@@ -3,6 +3,12 @@
 The journal ``episodes.jsonl`` holds one JSON object per finished episode, appended, flushed
 and fsynced as soon as the episode ends: an interrupted run loses at most the episode in
 progress. A torn last line (the process died mid-write) is dropped on the next load.
+
+Every record is validated as it is read (:meth:`EpisodeRecord.from_json`): field types, metric
+ranges, turn numbering and the turn budget. A bad line is dropped with a warning that names the
+file, the line and the reason, so its episode runs again; a repairing load moves it to
+``<journal stem>.rejected.jsonl`` next to the journal, so that nothing is deleted and the
+warning is not repeated on every later load.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from medseg_env.actions import ActionKind
 
 EpisodeKey = tuple[str, str, str, str]
 """``(policy, dataset, segmenter, sample_id)``: identifies an episode within a config."""
@@ -45,10 +54,52 @@ class Step:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Step:
-        data = dict(data)
-        data["hd95"] = math.inf if data["hd95"] is None else float(data["hd95"])
-        return cls(**data)
+    def from_json(cls, data: Any, turn: int | None = None) -> Step:
+        """Validate and build a step; ``turn``: the turn number it must have.
+
+        Raises:
+            ValueError: a missing, unknown or wrongly typed field, or a value out of range
+                (the message says which).
+        """
+        _check_keys(data, cls, "step")
+        step_turn = _int_field(data, "turn", 1)
+        if turn is not None and step_turn != turn:
+            raise ValueError(f"turn = {step_turn}, expected {turn} (turns count from 1)")
+        action = data["action"]
+        if action not in _ACTIONS:
+            raise ValueError(f"action = {_show(action)}, expected one of {sorted(_ACTIONS)}")
+        invalid = data["invalid"]
+        if invalid is not None and not isinstance(invalid, str):
+            raise ValueError(f"invalid = {_show(invalid)}, expected a string or null")
+        scores: dict[str, float] = {}
+        for key in ("dice", "iou", "nsd"):
+            value = data[key]
+            if not (_is_number(value) and 0.0 <= value <= 1.0):  # NaN fails both comparisons
+                raise ValueError(f"{key} = {_show(value)}, expected a number in [0, 1]")
+            scores[key] = float(value)
+        hd95 = data["hd95"]
+        if hd95 is None:  # JSON has no infinity: null is "infinite" (one mask empty)
+            hd95 = math.inf
+        elif not (_is_number(hd95) and hd95 >= 0):
+            raise ValueError(f"hd95 = {_show(hd95)}, expected a number >= 0 or null (infinite)")
+        clicks = _int_field(data, "num_clicks", 0)
+        boxes = _int_field(data, "num_boxes", 0)
+        if clicks > step_turn or boxes > 1:
+            raise ValueError(
+                f"num_clicks = {clicks}, num_boxes = {boxes} after turn {step_turn}: more prompts "
+                "than turns (or more than one box)"
+            )
+        return cls(
+            turn=step_turn,
+            action=action,
+            invalid=invalid,
+            dice=scores["dice"],
+            iou=scores["iou"],
+            nsd=scores["nsd"],
+            hd95=float(hd95),
+            num_clicks=clicks,
+            num_boxes=boxes,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,10 +145,113 @@ class EpisodeRecord:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> EpisodeRecord:
-        data = dict(data)
-        data["steps"] = tuple(Step.from_json(s) for s in data["steps"])
-        return cls(**data)
+    def from_json(cls, data: Any) -> EpisodeRecord:
+        """Validate and build a record (as :meth:`to_json` writes it).
+
+        Checked: every field's type, the metrics' ranges (Dice, IoU and NSD finite in [0, 1];
+        HD95 >= 0 or null), turns numbered 1, 2, ..., at most ``budget`` of them, exactly
+        ``budget`` unless the policy stopped, a ``stop`` only as the last turn, prompt counts
+        that never shrink, and the timings' shape.
+
+        Raises:
+            ValueError: the first problem found (the message names the field).
+        """
+        _check_keys(data, cls, "record", optional=("timing",))
+        values: dict[str, Any] = {}
+        for key in _STR_FIELDS:
+            if not isinstance(data[key], str):
+                raise ValueError(f"{key} = {_show(data[key])}, expected a string")
+            values[key] = data[key]
+        values["sample_index"] = _int_field(data, "sample_index", 0)
+        values["seed"] = _int_field(data, "seed", 0)
+        budget = values["budget"] = _int_field(data, "budget", 1)
+        stopped = data["stopped"]
+        if not isinstance(stopped, bool):
+            raise ValueError(f"stopped = {_show(stopped)}, expected true or false")
+        raw_steps = data["steps"]
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise ValueError(f"steps = {_show(raw_steps)}, expected a non-empty list")
+        if len(raw_steps) > budget:
+            raise ValueError(f"{len(raw_steps)} steps in a budget of {budget} turns")
+        steps: list[Step] = []
+        for i, raw in enumerate(raw_steps):
+            try:
+                step = Step.from_json(raw, turn=i + 1)
+            except ValueError as err:
+                raise ValueError(f"steps[{i}]: {err}") from None
+            if steps and (
+                step.num_clicks < steps[-1].num_clicks or step.num_boxes < steps[-1].num_boxes
+            ):
+                raise ValueError(f"steps[{i}]: fewer prompts than the turn before")
+            if step.action == "stop" and i != len(raw_steps) - 1:
+                raise ValueError(f"steps[{i}]: a stop before the last turn")
+            steps.append(step)
+        if stopped != (steps[-1].action == "stop"):
+            raise ValueError(
+                f"stopped = {_show(stopped)} but the last action is {steps[-1].action!r}"
+            )
+        if not stopped and len(steps) != budget:
+            raise ValueError(f"{len(steps)} steps without a stop in a budget of {budget} turns")
+        timing = data.get("timing", {})
+        _check_timing(timing, len(steps))
+        return cls(stopped=stopped, steps=tuple(steps), timing=timing, **values)
+
+
+# --- validation helpers ---------------------------------------------------------------------
+
+_ACTIONS = frozenset(kind.name.lower() for kind in ActionKind)
+_STR_FIELDS = ("policy", "dataset", "segmenter", "sample_id", "modality", "target", "source_id")
+
+
+def _show(value: Any) -> str:
+    """A value as the journal holds it (JSON), shortened."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    """A real JSON number (not a boolean) that is not NaN."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _int_field(data: dict[str, Any], key: str, minimum: int) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} = {_show(value)}, expected an integer >= {minimum}")
+    return value
+
+
+def _check_keys(data: Any, cls: type, what: str, optional: tuple[str, ...] = ()) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"a {what} must be a JSON object; got {_show(data)}")
+    names = {f.name for f in fields(cls)}
+    missing = sorted(names - set(optional) - set(data))
+    unknown = sorted(set(data) - names)
+    if missing or unknown:
+        parts = [f"missing {missing}"] * bool(missing) + [f"unknown {unknown}"] * bool(unknown)
+        raise ValueError(f"{what} key(s): {'; '.join(parts)}")
+
+
+def _check_timing(timing: Any, turns: int) -> None:
+    """``{"reset": s, "act": [s per turn], "env": [s per turn]}``, each part optional."""
+    if not isinstance(timing, dict):
+        raise ValueError(f"timing = {_show(timing)}, expected an object")
+    reset = timing.get("reset", 0.0)
+    if not (_is_number(reset) and 0 <= reset < math.inf):
+        raise ValueError(f"timing.reset = {_show(reset)}, expected seconds >= 0")
+    for key in ("act", "env"):
+        per_turn = timing.get(key, [0.0] * turns)
+        if not (
+            isinstance(per_turn, list)
+            and len(per_turn) == turns
+            and all(_is_number(t) and 0 <= t < math.inf for t in per_turn)
+        ):
+            raise ValueError(
+                f"timing.{key} = {_show(per_turn)}, expected {turns} durations (s) >= 0"
+            )
 
 
 class Journal:
@@ -106,45 +260,89 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
 
-    def load(self, repair: bool = False) -> list[EpisodeRecord]:
-        """The records written so far, in file order.
+    @property
+    def rejected_path(self) -> Path:
+        """Where a repairing load moves the lines it drops (``episodes.rejected.jsonl``)."""
+        return self.path.with_name(f"{self.path.stem}.rejected{self.path.suffix}")
 
-        An unreadable *last* line is a write cut short by a crash: it is skipped and, with
-        ``repair=True``, cut off the file so the next append starts on a fresh line. An
-        unreadable line elsewhere is skipped with a warning (its episode will be re-run).
+    def load(
+        self,
+        repair: bool = False,
+        check: Callable[[EpisodeRecord], str | None] | None = None,
+    ) -> list[EpisodeRecord]:
+        """The valid records written so far, in file order.
+
+        Args:
+            repair: fix the file for the appends to come: cut a torn last line, add a missing
+                final newline, and move dropped lines to :attr:`rejected_path` (appended as
+                they were; the journal is then rewritten atomically without them).
+            check: more rules for the caller (e.g. "an episode of this run's plan"): returns
+                the reason to drop a record, or None to keep it.
+
+        An unreadable *last* line without its newline is a write cut short by a crash: it is
+        dropped silently. Any other bad line (not JSON, a record that fails validation or
+        ``check``) is dropped with a ``UserWarning`` naming the file, the line and the reason;
+        the caller runs its episode again.
         """
         if not self.path.is_file():
             return []
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")  # the last element is b"" when the file ends with a newline
         records: list[EpisodeRecord] = []
-        pos = keep_end = 0  # keep_end: end of the last byte worth keeping
+        kept: list[bytes] = []  # the lines worth keeping, each with its newline
+        dropped: list[bytes] = []
+        torn = False
+        reason: str | None
         for i, line in enumerate(lines):
-            start, pos = pos, pos + len(line) + 1
             terminated = i < len(lines) - 1
             if not line.strip():
-                keep_end = pos if terminated else keep_end
+                if terminated:
+                    kept.append(line + b"\n")
                 continue
             try:
-                record = EpisodeRecord.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                if any(rest.strip() for rest in lines[i + 1 :]):
-                    # Good lines follow: corruption, not a torn write; leave it, re-run it.
-                    warnings.warn(f"{self.path}: skipping unreadable line {i + 1}", stacklevel=2)
-                    keep_end = pos
+                data = json.loads(line)
+            except (ValueError, RecursionError) as err:  # incl. JSONDecodeError, bad UTF-8
+                if not terminated:
+                    torn = True  # the crash cut the last write short: not worth a warning
+                    continue
+                reason = f"not valid JSON ({err})"
+            else:
+                try:
+                    record = EpisodeRecord.from_json(data)
+                    reason = check(record) if check is not None else None
+                except ValueError as err:
+                    reason = str(err)
+            if reason is not None:
+                warnings.warn(
+                    f"{self.path}:{i + 1}: dropping line {i + 1} ({reason}); "
+                    "its episode will be run again",
+                    stacklevel=2,
+                )
+                dropped.append(line + b"\n")
                 continue
             records.append(record)
-            keep_end = pos if terminated else start + len(line)
-        if repair and keep_end < len(raw):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(keep_end)
+            kept.append(line + b"\n")
+        if repair:
+            self._repair(raw, kept, dropped, torn)
+        return records
+
+    def _repair(self, raw: bytes, kept: list[bytes], dropped: list[bytes], torn: bool) -> None:
+        if dropped:
+            # First a copy of what is dropped (fsynced), then the journal without it: a crash in
+            # between leaves both copies, never neither.
+            with open(self.rejected_path, "ab") as fh:
+                fh.writelines(dropped)
                 _sync(fh)
-        elif repair and raw and not raw.endswith(b"\n"):
+            atomic_write(self.path, b"".join(kept))
+        elif torn:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(sum(map(len, kept)))
+                _sync(fh)
+        elif raw and not raw.endswith(b"\n"):
             # A complete last object whose newline never made it to disk.
             with open(self.path, "ab") as fh:
                 fh.write(b"\n")
                 _sync(fh)
-        return records
 
     def append(self, record: EpisodeRecord) -> None:
         """Append one record and force it to disk before returning."""

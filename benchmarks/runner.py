@@ -10,20 +10,33 @@ config, data and package versions.
 Resume: finished episodes go to ``episodes.jsonl`` (``records.Journal``) as they end; a re-run
 with the same config and folder reads it, runs only the missing episodes, and rewrites the
 results from all of them. A folder whose ``config.json`` holds another config (or whose data
-changed) is refused before anything is written.
+changed) is refused before anything is written. Each journal record is validated as it is read
+(``records.EpisodeRecord.from_json``) and checked against the plan; a bad one is dropped with a
+warning naming the file and line, moved to ``episodes.rejected.jsonl``, and its episode re-run.
+
+One run per folder: a run holds ``.medseg-bench.lock`` in its folder (see :func:`folder_lock`);
+a second run on the same folder is refused with a ``BenchError`` naming the holder.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 from tqdm.auto import tqdm
 
@@ -39,6 +52,7 @@ from .summary import summarize, summarize_timings
 FORMAT = "medseg-bench/1"
 CONFIG_FILE = "config.json"
 JOURNAL_FILE = "episodes.jsonl"
+LOCK_FILE = ".medseg-bench.lock"
 OUTPUT_FILES = (
     "results.json",
     "episodes.csv",
@@ -125,6 +139,89 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
     return True
 
 
+def _lock_holder(fd: int) -> str:
+    """What the lock file says about its holder ("pid 123 on host"), or ""."""
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _acquire_lock(path: Path, out: Path) -> int | None:
+    """The locked file's descriptor, or None (with a warning) where files cannot be locked."""
+    if fcntl is None:
+        warnings.warn(
+            f"no file locking on this platform: nothing stops a second run on {out}", stacklevel=4
+        )
+        return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise BenchError(f"cannot create the lock file {path}: {err}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd) or "pid unknown"
+            os.close(fd)
+            raise BenchError(
+                f"{out} is in use by another medseg-bench run ({holder}; lock file {path}). "
+                "Wait for it to end, or choose another --out folder."
+            ) from None
+        except OSError as err:  # a filesystem without locks (some network mounts)
+            os.close(fd)
+            warnings.warn(
+                f"cannot lock {path} ({err}): nothing stops a second run on {out}", stacklevel=4
+            )
+            return None
+        # The previous holder may have removed the file between our open and our flock: then
+        # the lock is on a file nobody else sees any more. Start again on the current one.
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one run: a second run on the same folder is refused meanwhile.
+
+    The lock is ``fcntl.flock`` on ``out/.medseg-bench.lock``, not a file created with
+    ``O_EXCL``: the kernel releases a flock when its holder dies, however it dies (SIGKILL, out
+    of memory), so a crashed run never blocks the next one and there is no guessing from a PID
+    whether the holder still lives (PIDs are reused, and a PID written on another host of a
+    shared filesystem means nothing here). The file holds the holder's PID and host only for
+    the messages, and is removed when the run ends, normally or not (exception, Ctrl-C). A
+    file left behind (its run was killed) is taken over with a warning.
+
+    Raises:
+        BenchError: another process holds the lock (the message names the folder and the
+            holder's PID).
+    """
+    path = out / LOCK_FILE
+    fd = _acquire_lock(path, out)
+    if fd is None:  # no locking here: warned
+        yield
+        return
+    try:
+        previous = _lock_holder(fd)
+        if previous:
+            warnings.warn(
+                f"{path}: taking over a stale lock left by {previous}, a run that did not end "
+                "cleanly and is no longer running",
+                stacklevel=3,
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: nobody can take it in between
+        os.close(fd)  # releases the lock
+
+
 def _changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The keys of ``current`` whose value the saved folder does not have (sorted)."""
     return sorted(k for k in current if saved.get(k) != current[k])
@@ -159,7 +256,8 @@ def run_benchmark(
         examples: columns (samples) of ``examples.png``.
 
     Raises:
-        BenchError: bad input or a folder of another config; nothing was written.
+        BenchError: bad input, a folder of another config, or a folder another run is using;
+            nothing was written.
     """
     started = time.perf_counter()
     plan = make_plan(config, policies, datasets)
@@ -167,18 +265,50 @@ def run_benchmark(
     check_out_dir(out, plan)
 
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        check_out_dir(out, plan)  # again: another run may have written it before we locked
+        return _run_locked(plan, out, started, progress=progress, plots=plots, examples=examples)
+
+
+def _journal_check(plan: Plan) -> Callable[[EpisodeRecord], str | None]:
+    """The plan's rules for a journal record: the reason to drop it, or None."""
+    wanted = {e.key: e for e in plan.episodes}
+    seen: set[EpisodeKey] = set()
+
+    def check(r: EpisodeRecord) -> str | None:
+        spec = wanted.get(r.key)
+        if spec is None:
+            return f"episode {r.key} is not in this run's plan"
+        got, planned = (
+            (r.seed, r.budget, r.sample_index),
+            (spec.seed, spec.budget, spec.sample_index),
+        )
+        if got != planned:
+            return f"(seed, budget, sample_index) = {got}, planned {planned}"
+        sample = plan.datasets[spec.dataset][spec.sample_index]
+        got_s = (r.modality, r.target, r.source_id)
+        want_s = (sample.modality, sample.target, sample.source_id)
+        if got_s != want_s:
+            return f"(modality, target, source_id) = {got_s}, the sample has {want_s}"
+        if r.key in seen:
+            return "a second record of this episode (the first one is kept)"
+        seen.add(r.key)
+        return None
+
+    return check
+
+
+def _run_locked(
+    plan: Plan, out: Path, started: float, *, progress: bool, plots: bool, examples: int
+) -> BenchResult:
     atomic_write(out / CONFIG_FILE, report.dump_json(_config_doc(plan)))
     journal = Journal(out / JOURNAL_FILE)
     wanted = {e.key: e for e in plan.episodes}
-    done: dict[EpisodeKey, EpisodeRecord] = {}
-    for r in journal.load(repair=True):
-        spec = wanted.get(r.key)
-        if spec is not None and (r.seed, r.budget, r.sample_index) == (
-            spec.seed,
-            spec.budget,
-            spec.sample_index,
-        ):
-            done.setdefault(r.key, r)
+    try:
+        loaded = journal.load(repair=True, check=_journal_check(plan))
+    except OSError as err:
+        raise BenchError(f"cannot read or repair {journal.path}: {err}") from err
+    done: dict[EpisodeKey, EpisodeRecord] = {r.key: r for r in loaded}
     resumed = len(done)
 
     example_list = pick_examples(plan, examples) if plots else []

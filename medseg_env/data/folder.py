@@ -23,8 +23,8 @@ from PIL import Image, UnidentifiedImageError
 from medseg_env.data.dataset import Dataset, as_label_array, parse_label_map, samples_from_slices
 from medseg_env.data.intensity import (
     Window,
-    apply_window,
     grey_to_rgb,
+    intensity_to_uint8,
     resolve_window,
     to_rgb_uint8,
 )
@@ -32,6 +32,10 @@ from medseg_env.data.sample import Sample
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 _TIFF = frozenset({".tif", ".tiff"})
+
+
+class _MultiFrame(Exception):
+    """An animated image: refused with its own message (not "cannot read")."""
 
 
 def read_image_file(path: Path, *, palette_as_index: bool = False) -> np.ndarray:
@@ -42,7 +46,7 @@ def read_image_file(path: Path, *, palette_as_index: bool = False) -> np.ndarray
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: unreadable file or not a 2D image (e.g. a multi-page TIFF).
+        ValueError: unreadable file or not a 2D image (a multi-page TIFF, an animated PNG...).
     """
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -51,6 +55,14 @@ def read_image_file(path: Path, *, palette_as_index: bool = False) -> np.ndarray
             arr = np.asarray(tifffile.imread(path))
         else:
             with Image.open(path) as opened:
+                # Animated PNG / GIF / WebP: refused like a multi-page TIFF, not cut to frame 1.
+                # (MPO, a camera JPEG with extra views, keeps its primary image as any viewer.)
+                frames = getattr(opened, "n_frames", 1)
+                if frames > 1 and opened.format != "MPO":
+                    raise _MultiFrame(
+                        f"{path}: expected a 2D grey or RGB(A) image; got a multi-frame "
+                        f"{opened.format} image ({frames} frames)"
+                    )
                 opened.load()
                 img: Image.Image = opened
                 if img.mode == "P" and not palette_as_index:
@@ -62,6 +74,8 @@ def read_image_file(path: Path, *, palette_as_index: bool = False) -> np.ndarray
                 elif img.mode == "PA":
                     img = img.convert("RGB") if not palette_as_index else img.getchannel("P")
                 arr = np.array(img)
+    except _MultiFrame as err:
+        raise ValueError(str(err)) from None
     except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as err:
         raise ValueError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
     while arr.ndim > 2 and arr.shape[0] == 1:
@@ -147,7 +161,7 @@ def load_folder(
     win = resolve_window(window) if window is not None else None
     names = parse_label_map(label_map, "load_folder")
     if min_area < 1:
-        raise ValueError(f"min_area must be >= 1; got {min_area}")
+        raise ValueError(f"min_area must be >= 1; got {min_area!r}")
     images = _index(images_dir, "", "images")
     masks = _index(masks_dir, mask_suffix, "masks")
     if not images:
@@ -178,9 +192,9 @@ def load_folder(
                 f"but mask {masks[stem]} is {labels.shape}"
             )
         if win is not None and raw.ndim == 2 and raw.dtype != np.uint8:
-            rgb = grey_to_rgb(apply_window(raw, win))
+            rgb = grey_to_rgb(intensity_to_uint8(raw, win, where=str(image_path)))
         else:
-            rgb = to_rgb_uint8(raw)
+            rgb = to_rgb_uint8(raw, where=str(image_path))
 
         def image_of(_k: int, rgb: np.ndarray = rgb) -> np.ndarray:  # bound now, read later
             return rgb

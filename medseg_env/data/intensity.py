@@ -5,10 +5,15 @@
   whole volume so that every slice of a case shares the same mapping.
 * :func:`to_rgb_uint8` turns any 2D grey or RGB array into the ``(H, W, 3) uint8`` that
   :class:`~medseg_env.data.sample.Sample` stores.
+
+NaN and infinite values cannot be shown: NaN and ``-inf`` become black (0), ``+inf`` white (255).
+The loaders pass ``where=`` (the file) to :func:`intensity_to_uint8` / :func:`to_rgb_uint8`, which
+then warn (``RuntimeWarning``) with the file and the count of such pixels.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -133,12 +138,40 @@ def normalize_percentile(
     return rescale_to_uint8(values, low, high)
 
 
+def warn_non_finite(values: np.ndarray, where: str, stacklevel: int = 2) -> int:
+    """Warn (``RuntimeWarning``) if ``values`` holds NaN or infinite numbers; return their count.
+
+    ``where`` names the source (a file) in the message. Integer arrays are skipped at no cost.
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fc":
+        return 0
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        nan = int(np.count_nonzero(np.isnan(arr)))
+        warnings.warn(
+            f"{where}: {bad} of {arr.size} pixel values are not finite ({nan} NaN, "
+            f"{bad - nan} infinite); NaN and -inf are shown as black, +inf as white",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
+    return bad
+
+
 def intensity_to_uint8(
     values: np.ndarray,
     window: tuple[float, float] | str | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    *,
+    where: str | None = None,
 ) -> np.ndarray:
-    """Window (if ``window`` is given) or percentile-normalise ``values`` to ``uint8``."""
+    """Window (if ``window`` is given) or percentile-normalise ``values`` to ``uint8``.
+
+    With ``where`` (the source file), NaN or infinite values are reported by
+    :func:`warn_non_finite`.
+    """
+    if where is not None:
+        warn_non_finite(values, where)
     if window is None:
         return normalize_percentile(values, percentiles)
     return apply_window(values, window)
@@ -152,13 +185,18 @@ def grey_to_rgb(grey: np.ndarray) -> np.ndarray:
 
 
 def to_rgb_uint8(
-    image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    image: np.ndarray,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    *,
+    where: str | None = None,
 ) -> np.ndarray:
     """Any 2D grey or colour image of any dtype -> ``(H, W, 3)`` ``uint8`` RGB.
 
     Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` and ``(H, W, 4)`` (alpha dropped).
     ``uint8`` passes through unchanged; ``bool`` becomes 0 / 255; any other dtype (16-bit,
     float, ...) is percentile-normalised over all channels together, which keeps colour balance.
+    With ``where`` (the source file), NaN or infinite values are reported by
+    :func:`warn_non_finite`.
     """
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
@@ -172,5 +210,7 @@ def to_rgb_uint8(
     elif arr.dtype != np.uint8:
         if arr.dtype.kind not in "uif":
             raise ValueError(f"cannot convert an image of dtype {arr.dtype} to uint8")
+        if where is not None:
+            warn_non_finite(arr, where)
         arr = normalize_percentile(arr, percentiles)
     return grey_to_rgb(arr) if arr.ndim == 2 else np.ascontiguousarray(arr)

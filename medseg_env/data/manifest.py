@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections.abc import Callable
 from importlib import resources
@@ -51,8 +52,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from medseg_env.data.dataset import Dataset
+from medseg_env.data.dataset import Dataset, parse_label_map
 from medseg_env.data.folder import load_folder
+from medseg_env.data.intensity import WINDOW_PRESETS, resolve_window
 from medseg_env.data.layouts import detect_layout, load_layout
 from medseg_env.data.nifti import load_nifti, nifti_stem
 from medseg_env.data.npz import load_npz, npz_samples
@@ -118,8 +120,144 @@ def _parse_manifest_text(text: str, where: str, yaml_syntax: bool) -> dict[str, 
     return data
 
 
+# --- option values ---------------------------------------------------------------------------
+#
+# Every option value is checked for its type and range here, before any file is read, so that a
+# manifest mistake names the manifest, the item and the key instead of surfacing as a raw
+# TypeError deep in a loader, or (for a string "false" where a boolean belongs) not at all.
+# JSON types are taken strictly: an integer option takes an integer (not 16.0, "16" or true),
+# a flag takes true / false (not "false"). The window and the label map go through the loaders'
+# own validators (resolve_window, parse_label_map), so the rules cannot drift apart.
+
+
+def _json_type(value: Any) -> str:
+    """How the manifest's author wrote ``value``, in JSON words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a floating-point number" if math.isfinite(value) else "a non-finite number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"  # YAML dates and the like
+
+
+def _show(value: Any) -> str:
+    """``value`` as JSON (as written in the manifest), shortened."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _non_empty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _window_problem(value: Any, fmt: str) -> str | None:
+    """None if ``value`` is a valid ``window`` for this format, else what is wrong."""
+    expected = (
+        "a preset name ("
+        + ", ".join(sorted(WINDOW_PRESETS))
+        + (', or "auto"' if fmt != "folder" else "")
+        + "), [level, width] with width > 0, or null (percentile normalisation)"
+    )
+    if value is None or (value == "auto" and fmt != "folder"):
+        return None
+    if isinstance(value, str):
+        pass  # resolve_window names the presets
+    elif not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
+        return f"must be {expected}"
+    try:
+        resolve_window(value if isinstance(value, str) else (value[0], value[1]))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _label_map_problem(value: Any, prefix: str) -> str | None:
+    expected = 'an object of label values to names, e.g. {"1": "liver", "2": "tumour"}'
+    if not isinstance(value, dict):
+        return f"must be {expected}"
+    for key, name in value.items():
+        if not (isinstance(key, str) or _is_int(key)):
+            return f"has key {_show(key)} ({_json_type(key)}); expected {expected}"
+        if not _non_empty_str(name):
+            return (
+                f"entry {_show(key)}: {_show(name)} ({_json_type(name)}) is not a name; "
+                f"expected {expected}"
+            )
+    try:  # integer keys >= 1: the loaders' own rule
+        parse_label_map(value, prefix)
+    except ValueError as err:
+        return str(err).removeprefix(f"{prefix}: ")
+    return None
+
+
+def _expect(ok: bool, expected: str) -> str | None:
+    return None if ok else f"must be {expected}"
+
+
+_INT_1 = "an integer >= 1"
+_FLAG = "true or false (JSON booleans, not strings)"
+# key -> (value, format) -> None if valid, else what is wrong with it.
+_OPTION_CHECKS: dict[str, Callable[[Any, str], str | None]] = {
+    "modality": lambda v, _: _expect(_non_empty_str(v), 'a non-empty string, e.g. "CT" or "MR"'),
+    "min_area": lambda v, _: _expect(_is_int(v) and v >= 1, _INT_1),
+    "axis": lambda v, _: _expect(_is_int(v) and v in (0, 1, 2), "0, 1 or 2 (an integer)"),
+    "slice_step": lambda v, _: _expect(_is_int(v) and v >= 1, _INT_1),
+    "max_slices_per_target": lambda v, _: _expect(
+        v is None or (_is_int(v) and v >= 1), f"{_INT_1}, or null (keep every slice)"
+    ),
+    "transpose": lambda v, _: _expect(isinstance(v, bool), _FLAG),
+    "skip_empty": lambda v, _: _expect(isinstance(v, bool), _FLAG),
+    "mask_suffix": lambda v, _: _expect(
+        isinstance(v, str) and "/" not in v and "\\" not in v,
+        'a string without path separators, e.g. "_mask" (or "")',
+    ),
+    "name": lambda v, _: _expect(_non_empty_str(v), "a non-empty string"),
+    "description": lambda v, _: _expect(isinstance(v, str), "a string"),
+    "id": lambda v, _: _expect(_non_empty_str(v), "a non-empty string"),
+    "window": _window_problem,
+}
+
+
+def _check_options(values: dict[str, Any], fmt: str, prefix: str) -> None:
+    """Check every known option of ``values``; raise a ValueError naming the first bad one."""
+    for key, value in values.items():
+        if key == "label_map":
+            problem = _label_map_problem(value, prefix)
+        elif key in _OPTION_CHECKS:
+            problem = _OPTION_CHECKS[key](value, fmt)
+        else:
+            continue
+        if problem is not None:
+            raise ValueError(
+                f"{prefix}: {key!r} = {_show(value)} ({_json_type(value)}) {problem}"
+                if problem.startswith("must be")
+                else f"{prefix}: {key!r} = {_show(value)}: {problem}"
+            )
+
+
 def _check_manifest(data: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
-    """Validate the structure (not the files); return the format and the merged item options."""
+    """Validate the structure and every option value (not the files); return the format and the
+    merged item options."""
     fmt = data.get("format")
     if fmt not in _ITEM_PATHS:
         raise ValueError(
@@ -129,6 +267,7 @@ def _check_manifest(data: dict[str, Any], where: str) -> tuple[str, list[dict[st
     unknown = sorted(set(data) - top_keys)
     if unknown:
         raise ValueError(f"manifest {where}: unknown key(s) {unknown} for format {fmt!r}")
+    _check_options(data, fmt, f"manifest {where}")
     items = data.get("items")
     if not isinstance(items, list) or not items:
         raise ValueError(f"manifest {where}: 'items' must be a non-empty list")
@@ -141,9 +280,12 @@ def _check_manifest(data: dict[str, Any], where: str) -> tuple[str, list[dict[st
         bad = sorted(set(item) - allowed)
         if bad:
             raise ValueError(f"manifest {where}: item {i} has unknown key(s) {bad}")
-        missing = [k for k in _ITEM_PATHS[fmt] if not isinstance(item.get(k), str)]
+        missing = [k for k in _ITEM_PATHS[fmt] if not _non_empty_str(item.get(k))]
         if missing:
-            raise ValueError(f"manifest {where}: item {i} lacks path key(s) {missing}")
+            raise ValueError(
+                f"manifest {where}: item {i} lacks path key(s) {missing} (non-empty strings)"
+            )
+        _check_options(item, fmt, f"manifest {where}: item {i}")
         options = {**defaults, **item}
         if isinstance(options.get("window"), list):
             options["window"] = tuple(options["window"])

@@ -107,11 +107,11 @@ def load_nifti(
     """
     image_path, label_path = Path(image_path), Path(label_path)
     if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2; got {axis}")
+        raise ValueError(f"axis must be 0, 1 or 2; got {axis!r}")
     if slice_step < 1:
-        raise ValueError(f"slice_step must be >= 1; got {slice_step}")
+        raise ValueError(f"slice_step must be >= 1; got {slice_step!r}")
     if min_area < 1:
-        raise ValueError(f"min_area must be >= 1; got {min_area}")
+        raise ValueError(f"min_area must be >= 1; got {min_area!r}")
     win = _resolve_window(window, modality)
     names = parse_label_map(label_map, str(label_path))
 
@@ -125,7 +125,7 @@ def load_nifti(
     labels = as_label_array(labels_raw, str(label_path))
 
     # Intensities are mapped once for the whole volume so that all slices share one mapping.
-    grey = intensity_to_uint8(volume, win)
+    grey = intensity_to_uint8(volume, win, where=str(image_path))
     in_plane = [a for a in range(3) if a != axis]
     spacing = tuple(z if np.isfinite(z) and z > 0 else 1.0 for z in (zooms[a] for a in in_plane))
     order = (axis, *in_plane[::-1]) if transpose else (axis, *in_plane)

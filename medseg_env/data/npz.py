@@ -43,18 +43,82 @@ from medseg_env.data.sample import Sample
 _REQUIRED = ("imgs", "gts")
 
 
-def _read_npz(file: str | os.PathLike[str] | IO[bytes], where: str) -> dict[str, np.ndarray]:
-    """All arrays of the file, read eagerly so that decompression errors surface here."""
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive's first bytes (an empty one: 2nd)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _head(file: str | os.PathLike[str] | IO[bytes]) -> bytes:
+    """The first bytes of the file (an open file is left where it was)."""
+    if isinstance(file, str | os.PathLike):
+        with open(file, "rb") as fh:
+            return fh.read(len(_NPY_MAGIC))
+    pos = file.tell()
+    head = file.read(len(_NPY_MAGIC))
+    file.seek(pos)
+    return head
+
+
+def _holds_objects(npz: np.lib.npyio.NpzFile, key: str) -> bool:
+    """Whether member ``key`` is an object (pickled) array, read from its header alone."""
+    fmt, archive = np.lib.format, npz.zip
+    if archive is None:  # closed
+        return False
+    name = key if key in archive.namelist() else f"{key}.npy"
     try:
-        loaded = np.load(file, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive (a single .npy array?)")
-        with loaded as npz:
-            return {key: npz[key] for key in npz.files}
+        with archive.open(name) as fh:
+            version = fmt.read_magic(fh)
+            read_header = (
+                fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            )
+            dtype = read_header(fh)[2]
+    except Exception:  # a malformed member: reported as unreadable by the caller
+        return False
+    return bool(dtype.hasobject)
+
+
+def _read_npz(file: str | os.PathLike[str] | IO[bytes], where: str) -> dict[str, np.ndarray]:
+    """All arrays of the file, read eagerly so that decompression errors surface here.
+
+    Pickled data is never loaded (``allow_pickle=False``). A file that is not a zip archive is
+    refused before numpy sees it: numpy would take it for a pickle and advise loading it
+    "unsafely", which this loader never does.
+    """
+    try:
+        head = _head(file)
     except FileNotFoundError:
         raise FileNotFoundError(f"npz file not found: {where}") from None
+    except OSError as err:
+        raise ValueError(f"cannot read npz file {where}: {type(err).__name__}: {err}") from err
+    if head.startswith(_NPY_MAGIC):
+        raise ValueError(
+            f"cannot read npz file {where}: not an .npz archive (a single .npy array?)"
+        )
+    if not head.startswith(_ZIP_MAGIC):
+        raise ValueError(
+            f"cannot read npz file {where}: not an .npz archive (a zip of .npy arrays, as "
+            "numpy.savez writes); "
+            + (f"the file starts with {head!r}" if head else "the file is empty")
+        )
+    out: dict[str, np.ndarray] = {}
+    pickled = None
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            for key in npz.files:
+                try:
+                    out[key] = npz[key]
+                except ValueError:
+                    if not _holds_objects(npz, key):
+                        raise
+                    pickled = key
+                    break
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"cannot read npz file {where}: {type(err).__name__}: {err}") from err
+    if pickled is not None:
+        raise ValueError(
+            f"cannot read npz file {where}: array {pickled!r} holds Python objects (pickled "
+            "data), which are never loaded; store numeric arrays instead"
+        )
+    return out
 
 
 def _scalar_str(data: Mapping[str, np.ndarray], key: str, where: str) -> str | None:
@@ -137,7 +201,7 @@ def npz_samples(
         imgs = imgs.astype(np.uint8) * np.uint8(255)
     elif imgs.dtype != np.uint8:
         # One mapping for the whole file (all slices, all channels).
-        imgs = intensity_to_uint8(imgs, resolve_window_spec(window, mod))
+        imgs = intensity_to_uint8(imgs, resolve_window_spec(window, mod), where=where)
     slice_ids = [f"z{i:03d}" for i in range(0, gts.shape[0], slice_step)] if volume else [""]
     imgs, gts = imgs[::slice_step], gts[::slice_step]
 
@@ -198,7 +262,7 @@ def load_npz(
     else:
         raise FileNotFoundError(f"npz file or directory not found: {path}")
     if min_area < 1 or slice_step < 1:
-        raise ValueError(f"min_area and slice_step must be >= 1; got {min_area}, {slice_step}")
+        raise ValueError(f"min_area and slice_step must be >= 1; got {min_area!r}, {slice_step!r}")
     resolve_window_spec(window, modality or "")  # a bad preset fails before any read
 
     samples: list[Sample] = []

@@ -95,7 +95,8 @@ def test_default_out_dir_changes_with_the_weights(tmp_path):
 
 def _record(sample: str) -> EpisodeRecord:
     step = Step(1, "box", None, 0.5, 0.33, 0.4, float("inf"), 0, 1)
-    return EpisodeRecord("p", "d", "m", sample, 0, "CT", "t", "src", 1, 3, False, (step,))
+    # budget 1: one turn, not stopped (a record must be consistent to load)
+    return EpisodeRecord("p", "d", "m", sample, 0, "CT", "t", "src", 1, 1, False, (step,))
 
 
 def test_journal_round_trip_and_infinite_hd95(tmp_path):
