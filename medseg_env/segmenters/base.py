@@ -31,6 +31,9 @@ class Segmenter(ABC):
 
     name: str = "segmenter"
     prompt_kinds: frozenset[str] = frozenset()
+    #: ``(shape, dtype)`` of every ``Embedding.features`` this model makes, when fixed; the
+    #: cache treats a stored embedding that differs as a miss. ``None``: not checked.
+    features_spec: tuple[tuple[int, ...], torch.dtype] | None = None
 
     def __init__(self, cache: EmbeddingCache | None = None) -> None:
         self.cache = cache if cache is not None else default_cache()
@@ -52,7 +55,12 @@ class Segmenter(ABC):
                 f"{self.name}: image must be (H, W, 3) uint8; got {image.shape} {image.dtype}"
             )
         key = image_key(image, self.model_id)
-        cached = self.cache.get(key)
+        size = (int(image.shape[0]), int(image.shape[1]))
+        # A stored entry for another model, image size or feature shape is a miss (and is
+        # then replaced), never a crash in predict.
+        cached = self.cache.get(
+            key, model_id=self.model_id, image_size=size, features=self.features_spec
+        )
         if cached is not None:
             return cached
         with self._lock:

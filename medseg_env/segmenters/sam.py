@@ -20,7 +20,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from .cache import EmbeddingCache
-from .checkpoints import file_sha256, read_state_dict
+from .checkpoints import cached_file_sha256, read_state_dict
 from .sam_family import Normalization, SamFamilySegmenter
 
 # encoder width, depth, heads and global-attention blocks of SAM's three released sizes
@@ -121,7 +121,7 @@ class SAM(SamFamilySegmenter):
         arch = model_type if isinstance(model_type, str) else "custom"
         if checkpoint is not None:
             self._load(checkpoint, image_encoder, prompt_encoder, mask_decoder)
-            weights = file_sha256(checkpoint)[:12]
+            weights = cached_file_sha256(checkpoint)[:12]  # hashed once per process
         else:
             weights = f"random{seed}-{hashlib.sha256(repr(model_type).encode()).hexdigest()[:8]}"
         super().__init__(

@@ -8,7 +8,7 @@ low-resolution logits, which are cropped to the unpadded area and resized back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -75,6 +75,13 @@ class SamFamilySegmenter(Segmenter):
         self.use_mask_input = use_mask_input
         self.multimask_single_click = multimask_single_click
         self._model_id = model_id
+        # What a cached embedding must look like to be fed to this decoder (see EmbeddingCache).
+        prompt_encoder = cast(Any, self.prompt_encoder)  # segment_anything's PromptEncoder
+        height, width = prompt_encoder.image_embedding_size
+        self.features_spec = (
+            (1, int(prompt_encoder.embed_dim), int(height), int(width)),
+            torch.float32,
+        )
 
     @property
     def model_id(self) -> str:
@@ -84,7 +91,8 @@ class SamFamilySegmenter(Segmenter):
         """``(H, W, 3)`` uint8 → ``(1, 3, S, S)`` float32: resized, normalised, zero-padded."""
         height, width = image.shape[:2]
         new_h, new_w = LongestSide(height, width, self.input_size).resized_shape
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        # A copy: torch cannot wrap the read-only arrays that datasets and the env hand out.
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float()
         if (new_h, new_w) != (height, width):
             x = F.interpolate(x, (new_h, new_w), mode="bilinear", antialias=True)
         if self.normalization == "minmax":

@@ -11,12 +11,15 @@ from scipy import ndimage
 from medseg_agents.clickers import next_click
 from medseg_env.metrics import dice
 from medseg_env.segmenters import EmbeddingCache, LiteMedSAMClicks, Prompts, make_segmenter
+from medseg_env.segmenters.litemedsam import litemedsam_checkpoint_sha256
 from medseg_env.segmenters.litemedsam_clicks import (
     WEIGHTS_SHA256,
     WeightsChecksumError,
     default_weights_path,
     verify_weights,
 )
+
+ENCODER_SHA256 = litemedsam_checkpoint_sha256()
 
 
 def deepest(mask: np.ndarray) -> tuple[int, int]:
@@ -39,7 +42,8 @@ def lung(demo):
 def test_shipped_weights_match_the_recorded_checksum(seg):
     assert verify_weights(default_weights_path()) == WEIGHTS_SHA256
     assert seg.supports("box") and seg.supports("point")
-    assert seg.model_id == f"litemedsam_clicks-{WEIGHTS_SHA256[:12]}"
+    # the click weights and the encoder checkpoint that makes the embeddings
+    assert seg.model_id == f"litemedsam_clicks-{WEIGHTS_SHA256[:12]}-{ENCODER_SHA256[:12]}"
     assert not seg.multimask_single_click
 
 
