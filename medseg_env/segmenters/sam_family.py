@@ -76,10 +76,10 @@ class SamFamilySegmenter(Segmenter):
         self.multimask_single_click = multimask_single_click
         self._model_id = model_id
         # What a cached embedding must look like to be fed to this decoder (see EmbeddingCache).
-        prompt_encoder = cast(Any, self.prompt_encoder)  # segment_anything's PromptEncoder
-        height, width = prompt_encoder.image_embedding_size
+        sam_prompt_encoder = cast(Any, self.prompt_encoder)  # segment_anything's PromptEncoder
+        height, width = sam_prompt_encoder.image_embedding_size
         self.features_spec = (
-            (1, int(prompt_encoder.embed_dim), int(height), int(width)),
+            (1, int(sam_prompt_encoder.embed_dim), int(height), int(width)),
             torch.float32,
         )
 
