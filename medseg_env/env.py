@@ -12,6 +12,9 @@ masks and metrics all live on that canvas; pixel spacing is rescaled to match.
 
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
@@ -24,9 +27,10 @@ from .data import Dataset, Sample, load_dataset
 from .geometry import LongestSide, to_pixels
 from .metrics import dice_iou
 from .oracle import Oracle
+from .registry import UnknownNameError
 from .render import overlay, prompt_map
 from .rewards import Reward, StepContext
-from .segmenters import PromptKind, Prompts, Segmenter, make_segmenter
+from .segmenters import Embedding, PromptKind, Prompts, Segmenter, make_segmenter
 
 if TYPE_CHECKING:
     import torch
@@ -35,16 +39,27 @@ Observation = dict[str, np.ndarray]
 StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
 
 
+RESET_OPTIONS = ("sample_index", "sample_id")
+"""The keys ``MedSegEnv.reset(options=...)`` takes."""
+
+MIN_OBS_SIZE = 16
+
+
 def default_config() -> dict[str, Any]:
     """The configuration ``gym.make("MedSeg-v0")`` uses; any key can be overridden by keyword.
 
     - ``dataset``: a ``Dataset``, a registered name (``"demo"``, the bundled real data), or a
       path (manifest, ``.npz`` file or folder); see ``medseg_env.data.load_dataset``.
-    - ``segmenter``: a ``Segmenter`` or a registered name; ``segmenter_kwargs`` go to its factory.
-    - ``obs_size``: side ``S`` of the square observation, in pixels.
-    - ``max_turns``: the episode is truncated after this many actions.
+    - ``segmenter``: a ``Segmenter`` or a registered name; ``segmenter_kwargs`` (a mapping) go
+      to its factory.
+    - ``obs_size``: side ``S`` of the square observation, in pixels: an ``int`` (NumPy integers
+      too), at least 16.
+    - ``max_turns``: the episode is truncated after this many actions: an ``int``, at least 1.
     - ``reward``: a preset name, a term, or a weighted composition (``medseg_env.rewards``).
-    - ``min_box_size``: a box narrower or lower than this many observation pixels is invalid.
+    - ``min_box_size``: a box narrower or lower than this many observation pixels is invalid:
+      a finite real number from 0 to ``obs_size``.
+
+    Integers are not truncated from floats (``64.0`` is refused), and ``bool`` is no number here.
     """
     return {
         "dataset": "demo",
@@ -81,6 +96,29 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     minimum box size and the observation size), for oracle and expert policies only; the
     ground truth is never part of the observation.
 
+    Nothing the env hands out can change it: observations, ``current_mask``, ``prompts`` and
+    previews are fresh copies; ``ground_truth``, ``sample`` and the dataset's arrays are
+    read-only.
+
+    ## Arguments
+
+    ``render_mode`` (``None`` or ``"rgb_array"``) and the options of :func:`default_config`,
+    by keyword. An unknown keyword raises ``TypeError`` ("got an unexpected keyword argument"),
+    as a Python constructor would, so clients that drop unsupported keywords and retry
+    (torchrl's ``GymEnv`` with ``frameskip``) work. A value of the wrong type raises
+    ``TypeError``, one out of range ``ValueError``; both name the option and the value, and
+    all are checked before the dataset or the model is loaded.
+
+    ## Reset
+
+    ``reset(seed=None, options=None)`` starts an episode on a random sample, or on the one that
+    ``options`` names (see :meth:`reset`). It is all or nothing: the new episode is built aside
+    and replaces the current one only when everything, the image encoding included, has
+    succeeded. A reset that raises on its arguments changes nothing. One that fails or is
+    interrupted later (an encoder error, out of memory, Ctrl-C) leaves the random generator as
+    it was, and the env refuses ``step``, ``preview``, ``render`` and the oracle surface with a
+    ``RuntimeError`` until a reset succeeds.
+
     ``info`` after reset and every step: ``dice``, ``iou``, ``dice_prev``, ``iou_prev``,
     ``reward_terms`` (weighted terms, summing to the reward), ``invalid_action`` (None or the
     reason), ``turn``, ``num_prompts``, ``num_clicks``, ``num_boxes``, ``score`` (the
@@ -91,30 +129,22 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
     def __init__(self, render_mode: str | None = None, **config: Any) -> None:
-        unknown = set(config) - set(default_config())
-        if unknown:
-            raise ValueError(
-                f"unknown MedSegEnv option(s) {sorted(unknown)}; known: {sorted(default_config())}"
-            )
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be one of {self.metadata['render_modes']}; got {render_mode!r}"
-            )
-        self.config = {**default_config(), **config}
+        _check_known_options(config)
+        _check_render_mode(render_mode, self.metadata["render_modes"])
+        config = {**default_config(), **config}
+        size = _check_int_option("obs_size", config["obs_size"], minimum=MIN_OBS_SIZE)
+        max_turns = _check_int_option("max_turns", config["max_turns"], minimum=1)
+        min_box_size = _check_min_box_size(config["min_box_size"], size)
+        _check_segmenter_kwargs(config["segmenter_kwargs"])
+        config.update(obs_size=size, max_turns=max_turns, min_box_size=min_box_size)
+        self.config = config
         self.render_mode = render_mode
-        size = int(self.config["obs_size"])
-        max_turns = int(self.config["max_turns"])
-        if size < 16:
-            raise ValueError(f"obs_size must be at least 16 pixels; got {size}")
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be at least 1; got {max_turns}")
-        self.obs_size, self.max_turns = size, max_turns
-        self.dataset: Dataset = load_dataset(self.config["dataset"])
+        self.obs_size, self.max_turns, self.min_box_size = size, max_turns, min_box_size
+        self.dataset: Dataset = load_dataset(config["dataset"])
         self.segmenter: Segmenter = make_segmenter(
-            self.config["segmenter"], **self.config["segmenter_kwargs"]
+            config["segmenter"], **config["segmenter_kwargs"]
         )
-        self.reward_fn = Reward(self.config["reward"])
-        self.min_box_size = float(self.config["min_box_size"])
+        self.reward_fn = Reward(config["reward"])
 
         image_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
         # gymnasium types a Dict space as Space[dict[str, Space]]; its elements are dicts of arrays.
@@ -133,6 +163,8 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._framed: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
         self._sample_index = -1
         self._done = True
+        # Why the last reset() did not complete, or None; while set, the env takes no step.
+        self._reset_error: str | None = None
 
     # ----------------------------------------------------------------- oracle & state
     @property
@@ -144,7 +176,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     def ground_truth(self) -> np.ndarray:
         """The target's ``(S, S)`` bool mask, read-only. For oracle/expert policies only."""
         self._require_episode()
-        view = self._gt.view()
+        view = self._gt.view()  # a view of a read-only array cannot be made writable again
         view.flags.writeable = False
         return view
 
@@ -154,22 +186,29 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
     @property
     def sample(self) -> Sample:
-        """The dataset sample of the current episode (at its original size)."""
+        """The dataset sample of the current episode (at its original size; read-only arrays)."""
         self._require_episode()
         return self.dataset[self._sample_index]
 
     @property
     def current_mask(self) -> np.ndarray:
+        """A copy of the current ``(S, S)`` bool mask."""
         self._require_episode()
         return self._mask.copy()
 
     @property
     def prompts(self) -> Prompts:
-        """The accepted prompts so far, in observation pixel coordinates."""
+        """A copy of the accepted prompts so far, in observation pixel coordinates."""
         self._require_episode()
-        return self._prompts
+        p = self._prompts
+        return Prompts(p.points.copy(), p.labels.copy(), None if p.box is None else p.box.copy())
 
     def _require_episode(self) -> None:
+        if self._reset_error is not None:
+            raise RuntimeError(
+                f"the last reset() failed ({self._reset_error}) and left no episode to "
+                f"continue; call reset() again"
+            )
         if self._sample_index < 0:
             raise RuntimeError("call reset() first")
 
@@ -179,49 +218,84 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     ) -> tuple[Observation, dict[str, Any]]:
         """Start an episode on a random sample, or the one named in ``options``.
 
-        Options: ``sample_index`` (int) or ``sample_id`` (str) pick the sample.
+        ## Arguments
+
+        - ``seed``: reseeds the env's random generator (Gymnasium's convention).
+        - ``options``: ``None`` or a dict with at most these keys:
+          - ``sample_index``: an ``int`` (NumPy integers too) in ``[0, len(dataset))``;
+          - ``sample_id``: a ``str``, the ``sample_id`` of a dataset sample.
+          Given both, they must name the same sample. Without either, the sample is drawn
+          from the env's random generator.
+
+        ## Raises
+
+        - ``TypeError`` / ``ValueError``: a bad ``options`` entry (an unknown key, a value of
+          the wrong type, out of range, or disagreeing); an unknown ``sample_id`` raises
+          ``medseg_env.registry.UnknownNameError`` (a ``KeyError`` and a ``ValueError``). These
+          change nothing: the current episode goes on.
+        - whatever building the episode raises (the segmenter's encoder, the cache,
+          ``KeyboardInterrupt``): the current episode is given up, the random generator is left
+          as it was, and the env refuses ``step`` until a reset succeeds.
         """
-        super().reset(seed=seed)
-        options = options or {}
-        if "sample_index" in options:
-            index = int(options["sample_index"])
-            if not 0 <= index < len(self.dataset):
-                raise ValueError(
-                    f"sample_index {index} is out of range for a dataset of {len(self.dataset)}"
-                )
-        elif "sample_id" in options:
-            index = self.dataset.index_of(options["sample_id"])
-        else:
-            index = int(self.np_random.integers(len(self.dataset)))
+        index = self._check_reset_options(options)
+        rng = _rng_state(self)
+        super().reset(seed=seed)  # an invalid seed raises here, before anything has changed
+        self._reset_error = "it was interrupted"  # cleared only once the episode is committed
+        try:
+            if index is None:
+                index = int(self.np_random.integers(len(self.dataset)))
+            image, gt, spacing = self._frame(index)
+            embedding = self.segmenter.encode(image)
+            self._start_episode(index, image, gt, spacing, embedding)
+            result = self._obs(), self._info(None, {})
+        except BaseException as exc:
+            _restore_rng(self, rng)
+            detail = f": {str(exc)[:200]}" if str(exc) else ""
+            self._reset_error = f"it raised {type(exc).__name__}{detail}"
+            raise
+        self._reset_error = None
+        return result
+
+    def _start_episode(
+        self,
+        index: int,
+        image: np.ndarray,
+        gt: np.ndarray,
+        spacing: tuple[float, float],
+        embedding: Embedding,
+    ) -> None:
+        """Commit a new episode whose parts have all been built (the last step of ``reset``)."""
+        mask = _frozen_copy(np.zeros_like(gt))
+        dice, iou = dice_iou(mask, gt)
         self._sample_index = index
-        self._image, self._gt, self._spacing = self._frame(index)
-        self._embedding = self.segmenter.encode(self._image)
-        self._mask = np.zeros_like(self._gt)
+        self._image, self._gt, self._spacing = image, gt, spacing
+        self._embedding = embedding
+        self._mask = mask
         self._logits: torch.Tensor | None = None
         self._prompts = Prompts()
         self._turn = 0
-        self._dices, self._ious = [0.0], [0.0]
+        self._dices, self._ious = [dice], [iou]
         self._num_invalid = 0
         self._score = 0.0
         self._done = False
-        dice, iou = dice_iou(self._mask, self._gt)
-        self._dices[0], self._ious[0] = dice, iou
-        return self._obs(), self._info(None, {})
 
     def step(self, action: A.Action) -> StepResult:
+        self._require_episode()
         if self._done:
             raise RuntimeError("the episode is over; call reset() before step()")
         kind, point, box = A.validate(action)
-        self._turn += 1
         prev_mask = self._mask
         terminated = kind == A.ActionKind.STOP
         new_prompts, invalid = self._prompts_after(kind, point, box)
+        # Predict before changing anything: if the segmenter raises, the episode is untouched.
+        prediction = None
         if new_prompts is not None:
-            prediction = self.segmenter.predict(
-                self._embedding, new_prompts, self._mask_input(kind)
-            )
+            mask_input = self._mask_input(kind)
+            prediction = self.segmenter.predict(self._embedding, new_prompts, mask_input)
+        self._turn += 1
+        if new_prompts is not None and prediction is not None:
             self._prompts, self._logits = new_prompts, prediction.logits
-            self._mask, self._score = prediction.mask, prediction.score
+            self._mask, self._score = _frozen_copy(prediction.mask), prediction.score
         if invalid is not None:
             self._num_invalid += 1
 
@@ -261,7 +335,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         return overlay(self._image, self._mask, p.points, p.labels, p.box)
 
     def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
-        """The mask ``action`` would give now, without taking the turn.
+        """The mask ``action`` would give now, without taking the turn (a fresh array).
 
         For expert policies that search over candidate prompts (``HybridExpert``): the state,
         the turn count and the RNG are untouched. Returns ``(mask (S, S) bool, invalid reason
@@ -276,6 +350,46 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         return prediction.mask, None
 
     # ----------------------------------------------------------------- helpers
+    def _check_reset_options(self, options: Mapping[str, Any] | None) -> int | None:
+        """The sample index ``options`` names, or None for a random one; raises on bad options."""
+        if options is None:
+            return None
+        if not isinstance(options, Mapping):
+            raise TypeError(
+                f"reset options must be a dict or None; got {options!r} ({type(options).__name__})"
+            )
+        unknown = [key for key in options if key not in RESET_OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; known: {list(RESET_OPTIONS)}")
+        index = None
+        if "sample_index" in options:
+            index = _check_sample_index(options["sample_index"], len(self.dataset))
+        if "sample_id" in options:
+            by_id = self._check_sample_id(options["sample_id"])
+            if index is not None and by_id != index:
+                raise ValueError(
+                    f"reset options sample_index={index} and sample_id="
+                    f"{options['sample_id']!r} name different samples (sample_id "
+                    f"{options['sample_id']!r} is sample_index {by_id}); give one of them"
+                )
+            index = by_id
+        return index
+
+    def _check_sample_id(self, sample_id: Any) -> int:
+        """The index of the sample named by the ``sample_id`` reset option."""
+        if not isinstance(sample_id, str):
+            raise TypeError(
+                f"reset option sample_id must be a str; got {sample_id!r} "
+                f"({type(sample_id).__name__})"
+            )
+        try:
+            return self.dataset.index_of(sample_id)
+        except KeyError:
+            raise UnknownNameError(
+                f"reset option sample_id={sample_id!r}: dataset {self.dataset.name!r} has no "
+                f"such sample"
+            ) from None
+
     def _mask_input(self, kind: A.ActionKind) -> torch.Tensor | None:
         """The previous logits on refinement (click) turns; none for a new box.
 
@@ -346,10 +460,109 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         }
 
     def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-        """Letterbox sample ``index`` into the ``S×S`` canvas (memoised per sample)."""
+        """Letterbox sample ``index`` into the ``S×S`` canvas (memoised per sample).
+
+        The memoised target is read-only: every episode on the sample shares it.
+        """
         if index not in self._framed:
-            self._framed[index] = letterbox(self.dataset[index], self.obs_size)
+            image, target, spacing = letterbox(self.dataset[index], self.obs_size)
+            target.flags.writeable = False
+            self._framed[index] = image, target, spacing
         return self._framed[index]
+
+
+def _frozen_copy(array: np.ndarray) -> np.ndarray:
+    """A read-only copy: the env's own masks, which reward terms see, cannot be written."""
+    copy = array.copy()
+    copy.flags.writeable = False
+    return copy
+
+
+# --------------------------------------------------------------------- option checks
+def _is_int(value: Any) -> bool:
+    """A true integer: ``int`` or a NumPy integer, not ``bool``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_known_options(config: Mapping[str, Any]) -> None:
+    """Unknown keywords raise ``TypeError`` worded as Python's own, for clients that retry."""
+    unknown = [key for key in config if key not in default_config()]
+    if unknown:
+        named = " and an ".join(f"unexpected keyword argument {key!r}" for key in unknown)
+        known = ", ".join(["render_mode", *sorted(default_config())])
+        raise TypeError(f"MedSegEnv.__init__() got an {named}; known options: {known}")
+
+
+def _check_render_mode(render_mode: Any, modes: list[str]) -> None:
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {modes}; got {render_mode!r}")
+
+
+def _check_int_option(name: str, value: Any, minimum: int) -> int:
+    """An integer option, as a Python ``int``; floats are refused rather than truncated."""
+    if not _is_int(value):
+        raise TypeError(
+            f"MedSegEnv option {name} must be an int >= {minimum}; "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"MedSegEnv option {name} must be an int >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _check_min_box_size(value: Any, obs_size: int) -> float:
+    """A finite real number of canvas pixels, from 0 (every box valid) to ``obs_size``."""
+    expected = f"a finite real number from 0 to obs_size={obs_size}"
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"MedSegEnv option min_box_size must be {expected}; "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    size = float(value)
+    # NaN fails every comparison, so a NaN minimum would turn the degenerate-box check off.
+    if not (math.isfinite(size) and 0 <= size <= obs_size):
+        raise ValueError(f"MedSegEnv option min_box_size must be {expected}; got {value!r}")
+    return size
+
+
+def _check_segmenter_kwargs(value: Any) -> None:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(
+            f"MedSegEnv option segmenter_kwargs must be a mapping of keyword names to values; "
+            f"got {value!r} ({type(value).__name__})"
+        )
+
+
+def _check_sample_index(value: Any, size: int) -> int:
+    """The ``sample_index`` reset option: an integer in ``[0, size)``."""
+    if not _is_int(value):
+        raise TypeError(
+            f"reset option sample_index must be an int in [0, {size}); "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    if not 0 <= value < size:
+        raise ValueError(
+            f"reset option sample_index={value!r} is out of range: the dataset has {size} "
+            f"sample(s), so it must be in [0, {size})"
+        )
+    return int(value)
+
+
+# --------------------------------------------------------------------- random generator
+_RngState = tuple[Any, Any, Any]
+
+
+def _rng_state(env: gym.Env[Any, Any]) -> _RngState:
+    """What ``reset`` may change of Gymnasium's generator: the object, its state, its seed."""
+    rng = env._np_random
+    return rng, None if rng is None else rng.bit_generator.state, env._np_random_seed
+
+
+def _restore_rng(env: gym.Env[Any, Any], saved: _RngState) -> None:
+    rng, state, seed = saved
+    if rng is not None:
+        rng.bit_generator.state = state
+    env._np_random, env._np_random_seed = rng, seed
 
 
 class _EnvOracle:

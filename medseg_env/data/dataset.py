@@ -12,7 +12,7 @@ from typing import overload
 
 import numpy as np
 
-from medseg_env.data.sample import Sample
+from medseg_env.data.sample import Sample, read_only
 
 
 class Dataset(Sequence[Sample]):
@@ -256,7 +256,8 @@ def samples_from_slices(
 
     Args:
         image_of: slice position -> its ``(H, W, 3)`` ``uint8`` RGB image; called once per
-            slice that keeps a target, and the targets of a slice share the array.
+            slice that keeps a target, and the targets of a slice share the array (made
+            read-only, see :func:`~medseg_env.data.sample.read_only`).
         labels: ``(N, H, W)`` integer label maps, one per slice.
         slice_ids: per slice, the id part (``"z012"``, or ``""`` for a plain 2D image).
         id_prefix: first part of every ``sample_id`` (defaults to ``source_id``).
@@ -287,7 +288,7 @@ def samples_from_slices(
         # Disambiguate duplicated names among all values of the slice, so ids do not depend on
         # min_area or on which slices were kept.
         ids = unique_target_ids(sorted(label_areas(labels[k])), label_map)
-        image = image_of(k)
+        image = read_only(image_of(k))  # frozen once: the targets of the slice share it
         for value in values:
             parts = [prefix, slice_ids[k], ids[value]]
             samples.append(

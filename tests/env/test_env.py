@@ -200,7 +200,7 @@ def test_pickled_env_replays_identically(small_demo):
 
 
 def test_unknown_options_and_bad_config_are_refused(small_demo):
-    with pytest.raises(ValueError, match="unknown MedSegEnv option"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_turn'"):
         gym.make("MedSeg-v0", dataset=small_demo, max_turn=3)
     with pytest.raises(ValueError, match="unknown segmenter 'nope'"):
         gym.make("MedSeg-v0", dataset=small_demo, segmenter="nope")
