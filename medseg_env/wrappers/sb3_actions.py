@@ -32,11 +32,27 @@ class MultiDiscreteActions(gym.ActionWrapper):
         self.action_space = spaces.MultiDiscrete([len(A.ActionKind)] + [self.grid] * 4)
 
     def action(self, action: np.ndarray) -> A.Action:
-        a = np.asarray(action).reshape(-1)
-        if a.shape != (5,):
-            raise ValueError(f"MultiDiscrete action must have 5 entries; got shape {a.shape}")
-        if not self.action_space.contains(a.astype(np.int64)):
-            raise ValueError(f"action {a.tolist()} is outside {self.action_space}")
+        """The structured action of a point of the space; a ``ValueError`` for anything else.
+
+        Integers only: whole-number floats are read as the integers they are, while fractions,
+        bools, strings, wrong shapes and values outside the grid raise, naming the form, the
+        value and what was expected. Nothing is floored or clipped.
+        """
+        expected = (
+            f"5 integers [kind, c0, r0, c1, r1] inside {self.action_space} "
+            f"(kind 0..3, cells 0..{self.grid - 1}), e.g. an integer array of shape (5,)"
+        )
+        a = A.real_array(action, "MultiDiscrete action", (5,), expected)
+        if (a != np.floor(a)).any():
+            raise ValueError(
+                f"MultiDiscrete action must be {expected}; got {A.describe(action)}: "
+                "not whole numbers"
+            )
+        if (a < 0).any() or (a >= [len(A.ActionKind)] + [self.grid] * 4).any():
+            raise ValueError(
+                f"MultiDiscrete action must be {expected}; got {A.describe(action)}: "
+                f"outside {self.action_space}"
+            )
         kind, c0, r0, c1, r1 = (int(v) for v in a)
         # The grid is a G-pixel square frame: the geometry of pixel actions applies as is.
         if kind == A.ActionKind.BOX:
@@ -46,6 +62,12 @@ class MultiDiscreteActions(gym.ActionWrapper):
         if kind == A.ActionKind.STOP:
             return A.stop()
         return A.pixel_click(r0, c0, self.grid, positive=kind == A.ActionKind.POSITIVE_CLICK)
+
+
+_CONTINUOUS = (
+    "7 finite real numbers [kind, x, y, x0, y0, x1, y1] in [-1, 1] (beyond it clipped), "
+    "e.g. a float array of shape (7,)"
+)
 
 
 class ContinuousActions(gym.ActionWrapper):
@@ -60,11 +82,13 @@ class ContinuousActions(gym.ActionWrapper):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
 
     def action(self, action: np.ndarray) -> A.Action:
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (7,):
-            raise ValueError(f"continuous action must have 7 entries; got shape {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"continuous action must be finite; got {a.tolist()}")
+        """The structured action of ``action``; a ``ValueError`` for anything but 7 real numbers.
+
+        Values outside [-1, 1] are clipped, as SB3 clips a policy's output; strings, bools,
+        complex numbers, dicts, wrong shapes, NaN and infinity raise, naming the form, the value
+        and what was expected.
+        """
+        a = A.real_array(action, "continuous action", (7,), _CONTINUOUS)
         a = np.clip(a, -1.0, 1.0)  # policies emit slightly out-of-range values; SB3 clips too
         kind = min(int((a[0] + 1.0) / 2.0 * len(A.ActionKind)), len(A.ActionKind) - 1)
         coords = (a[1:] + 1.0) / 2.0
