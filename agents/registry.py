@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from medseg_env.registry import Registry
+from medseg_env.registry import Registry, callable_entries
 
 from .base import Policy
 
@@ -22,12 +22,9 @@ ENTRY_POINT_GROUP = "medseg_agents.policies"
 PolicyFactory = Callable[..., Policy]
 
 
-def _check_factory(name: str, factory: PolicyFactory) -> None:
-    if not callable(factory):
-        raise TypeError(f"policy {name!r} must be a Policy class or factory; got {factory!r}")
-
-
-POLICIES: Registry[PolicyFactory] = Registry("policy", ENTRY_POINT_GROUP, _check_factory)
+POLICIES: Registry[PolicyFactory] = Registry(
+    "policy", ENTRY_POINT_GROUP, callable_entries("policy", "a Policy class or factory")
+)
 
 
 def register_policy(name: str, factory: PolicyFactory, *, overwrite: bool = False) -> None:

@@ -32,6 +32,16 @@ class UnknownNameError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+def callable_entries(kind: str, what: str = "callable") -> Callable[[str, object], None]:
+    """The entry check of a registry of callables: ``TypeError`` naming the entry otherwise."""
+
+    def check(name: str, entry: object) -> None:
+        if not callable(entry):
+            raise TypeError(f"{kind} {name!r} must be {what}; got {entry!r}")
+
+    return check
+
+
 class Registry(Generic[T]):
     """Named entries of one kind, with an optional entry-point group.
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .registry import Registry, UnknownNameError
+from .registry import Registry, UnknownNameError, callable_entries
 
 RewardTerm = Callable[["StepContext"], float]
 
@@ -112,11 +112,6 @@ def medsam_agent(ctx: StepContext) -> float:
     return 0.2 * fmt + 0.8 * float(np.clip(quality, 0.0, 1.0))
 
 
-def _check_term(name: str, term: RewardTerm) -> None:
-    if not callable(term):
-        raise TypeError(f"reward term {name!r} must be callable; got {type(term).__name__}")
-
-
 def _check_preset(name: str, preset: Mapping[str, float]) -> None:
     if not isinstance(preset, Mapping) or not preset:
         raise TypeError(f"reward preset {name!r} must be a non-empty {{term: weight}} mapping")
@@ -128,7 +123,9 @@ def _check_preset(name: str, preset: Mapping[str, float]) -> None:
             )
 
 
-TERMS: Registry[RewardTerm] = Registry("reward term", "medseg_env.reward_terms", _check_term)
+TERMS: Registry[RewardTerm] = Registry(
+    "reward term", "medseg_env.reward_terms", callable_entries("reward term")
+)
 PRESETS: Registry[Mapping[str, float]] = Registry(
     "reward preset", "medseg_env.reward_presets", _check_preset
 )

@@ -59,7 +59,7 @@ from medseg_env.data.layouts import detect_layout, load_layout
 from medseg_env.data.nifti import load_nifti, nifti_stem
 from medseg_env.data.npz import load_npz, npz_samples
 from medseg_env.data.sample import Sample
-from medseg_env.registry import Registry
+from medseg_env.registry import Registry, callable_entries
 
 _ITEM_PATHS = {"nifti": ("image", "label"), "npz": ("path",), "folder": ("images", "masks")}
 _COMMON = {"modality", "window", "label_map", "min_area"}
@@ -75,13 +75,8 @@ class DatasetNotFoundError(FileNotFoundError, ValueError):
     """Neither a registered dataset name nor an existing path (catchable as either base)."""
 
 
-def _check_loader(name: str, loader: Callable[..., Dataset]) -> None:
-    if not callable(loader):
-        raise TypeError(f"dataset {name!r} must be a callable loader; got {loader!r}")
-
-
 DATASETS: Registry[Callable[..., Dataset]] = Registry(
-    "dataset", "medseg_env.datasets", _check_loader
+    "dataset", "medseg_env.datasets", callable_entries("dataset", "a callable loader")
 )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, callable_entries
 from .cache import EmbeddingCache, default_cache, image_key
 from .types import Embedding, Prediction, Prompts, UnsupportedPromptError
 
@@ -103,12 +103,9 @@ class Segmenter(ABC):
 SegmenterFactory = Callable[..., Segmenter]
 
 
-def _check_factory(name: str, factory: SegmenterFactory) -> None:
-    if not callable(factory):
-        raise TypeError(f"segmenter {name!r} must be a callable factory; got {factory!r}")
-
-
-SEGMENTERS: Registry[SegmenterFactory] = Registry("segmenter", ENTRY_POINT_GROUP, _check_factory)
+SEGMENTERS: Registry[SegmenterFactory] = Registry(
+    "segmenter", ENTRY_POINT_GROUP, callable_entries("segmenter", "a callable factory")
+)
 
 
 def register_segmenter(name: str, factory: SegmenterFactory, *, overwrite: bool = False) -> None:
