@@ -29,7 +29,7 @@ from .metrics import dice_iou
 from .oracle import Oracle
 from .registry import UnknownNameError
 from .render import overlay, prompt_map
-from .rewards import Reward, StepContext
+from .rewards import REJECTED, Reward, StepContext
 from .segmenters import Embedding, PromptKind, Prompts, Segmenter, make_segmenter
 
 if TYPE_CHECKING:
@@ -88,8 +88,10 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     Invalid actions: an action inside the action space that cannot be carried out — a click
     on a box-only segmenter, a box on a click-only one, a box narrower or lower than
     ``min_box_size`` pixels — leaves mask and prompts unchanged, counts as a turn, sets
-    ``info["invalid_action"]`` to the reason, and scores the ``invalid_action`` reward term.
-    An action outside the space (wrong ``kind``, NaN, out of [0, 1]) raises ``ValueError``.
+    ``info["invalid_action"]`` to the reason, and scores the ``invalid_action`` reward term. A
+    text env's malformed reply takes the same path through :meth:`reject`, which also sets
+    ``info["format_error"]``. An action outside the space (wrong ``kind``, NaN, out of [0, 1])
+    raises ``ValueError``.
 
     Oracle access: ``env.get_wrapper_attr("oracle")`` is the episode's ``medseg_env.Oracle``
     (the ground truth, the accepted prompts, ``preview(action)``, ``supports(kind)``, the
@@ -121,8 +123,9 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
     ``info`` after reset and every step: ``dice``, ``iou``, ``dice_prev``, ``iou_prev``,
     ``reward_terms`` (weighted terms, summing to the reward), ``invalid_action`` (None or the
-    reason), ``turn``, ``num_prompts``, ``num_clicks``, ``num_boxes``, ``score`` (the
-    segmenter's own quality estimate), ``sample_id``, ``sample_index``, ``source_id``,
+    reason), ``format_error`` (None, or why a text reply gave no action), ``turn``,
+    ``num_prompts``, ``num_clicks``, ``num_boxes``, ``score`` (the segmenter's own quality
+    estimate), ``sample_id``, ``sample_index``, ``source_id``,
     ``modality``, ``target`` and ``spacing`` (mm per observation pixel, (row, col)).
     """
 
@@ -276,6 +279,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._turn = 0
         self._dices, self._ious = [dice], [iou]
         self._num_invalid = 0
+        self._num_format_errors = 0
         self._score = 0.0
         self._done = False
 
@@ -298,7 +302,38 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             self._mask, self._score = _frozen_copy(prediction.mask), prediction.score
         if invalid is not None:
             self._num_invalid += 1
+        return self._finish_turn(prev_mask, action, int(kind), invalid, terminated, None)
 
+    def reject(self, reason: str, *, end: bool = False) -> StepResult:
+        """Spend a turn on a reply that gave no action (a malformed MLLM reply), without raising.
+
+        The text env's invalid-action path, kept here so that no wrapper re-implements the
+        reward: the mask and prompts stay as they are, the turn counts, ``info["invalid_action"]``
+        and ``info["format_error"]`` give ``reason``, and the reward's terms see
+        ``StepContext(kind=REJECTED, valid=False, format_error=reason)``. ``end=True`` ends the
+        episode (``terminated``), as a protocol whose malformed-reply rule stops the episode
+        asks; otherwise it is truncated only when the turn budget is spent.
+        """
+        self._require_episode()
+        if self._done:
+            raise RuntimeError("the episode is over; call reset() before reject()")
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reject() needs the reason as a non-empty str; got {reason!r}")
+        self._turn += 1
+        self._num_invalid += 1
+        self._num_format_errors += 1
+        return self._finish_turn(self._mask, A.stop(), REJECTED, reason, bool(end), reason)
+
+    def _finish_turn(
+        self,
+        prev_mask: np.ndarray,
+        action: A.Action,
+        kind: int,
+        invalid: str | None,
+        terminated: bool,
+        format_error: str | None,
+    ) -> StepResult:
+        """Score the turn just taken and build the step's result (``step`` and ``reject``)."""
         dice, iou = dice_iou(self._mask, self._gt)
         self._dices.append(dice)
         self._ious.append(iou)
@@ -309,7 +344,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             mask=self._mask,
             ground_truth=self._gt,
             action=action,
-            kind=int(kind),
+            kind=kind,
             turn=self._turn,
             valid=invalid is None,
             invalid_reason=invalid,
@@ -322,9 +357,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             ious=tuple(self._ious),
             num_prompts=self._num_prompts(),
             num_invalid=self._num_invalid,
+            format_error=format_error,
+            num_format_errors=self._num_format_errors,
         )
         reward, terms = self.reward_fn(ctx)
-        return self._obs(), reward, terminated, truncated, self._info(invalid, terms)
+        return self._obs(), reward, terminated, truncated, self._info(invalid, terms, format_error)
 
     def render(self) -> np.ndarray | None:
         if self.render_mode is None:
@@ -437,7 +474,9 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             "turn": np.array([self._turn], np.int64),
         }
 
-    def _info(self, invalid: str | None, terms: dict[str, float]) -> dict[str, Any]:
+    def _info(
+        self, invalid: str | None, terms: dict[str, float], format_error: str | None = None
+    ) -> dict[str, Any]:
         sample = self.dataset[self._sample_index]
         return {
             "dice": self._dices[-1],
@@ -446,6 +485,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             "iou_prev": self._ious[-2] if len(self._ious) > 1 else self._ious[-1],
             "reward_terms": terms,
             "invalid_action": invalid,
+            "format_error": format_error,
             "turn": self._turn,
             "num_prompts": self._num_prompts(),
             "num_clicks": len(self._prompts.points),

@@ -22,7 +22,11 @@ Presets (``reward="..."``):
 - ``medsam_agent``: the MedSAM-Agent paper's episode-level reward, as its public code computes
   it, given when the episode ends: ``0.2·format + 0.8·clip01(0.5·IoU_T + 0.5·Dice_T −
   (maxIoU − IoU_T) − 0.01·turns + 0.1·Σ max(0, ΔIoU))``. Here ``format`` is 1 when every action
-  of the episode was valid and 0 otherwise, and ``turns`` counts prompts (not the stop).
+  of the episode was valid (and, in a text env, every reply well-formed) and 0 otherwise, and
+  ``turns`` counts prompts (not the stop).
+
+Terms include ``format_error`` (1 on a turn whose reply gave no action), for text envs: every
+preset already charges such a turn through ``invalid_action``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from .registry import Registry, UnknownNameError, callable_entries
 
 RewardTerm = Callable[["StepContext"], float]
 
+REJECTED = -1
+"""``StepContext.kind`` of a turn spent on a reply that gave no action."""
+
 
 @dataclass(frozen=True, eq=False)
 class StepContext:
@@ -45,6 +52,10 @@ class StepContext:
     Masks are ``(S, S)`` bool arrays in observation pixels. ``ious`` and ``dices`` hold the
     value after every turn so far, starting with the empty initial mask, so ``ious[-1]`` is
     this step's IoU and ``len(ious) - 1`` the number of turns taken.
+
+    A turn spent on a reply that gave no action (``MedSegEnv.reject``: a malformed MLLM reply)
+    has ``kind == REJECTED`` (-1), ``valid`` False, ``format_error`` set to the reason and the
+    stop action as ``action``; ``num_invalid`` counts it too, ``num_format_errors`` only these.
     """
 
     prev_mask: np.ndarray
@@ -64,6 +75,8 @@ class StepContext:
     ious: tuple[float, ...]
     num_prompts: int
     num_invalid: int
+    format_error: str | None = None
+    num_format_errors: int = 0
 
     @property
     def episode_over(self) -> bool:
@@ -85,6 +98,11 @@ def step(ctx: StepContext) -> float:
 
 def invalid_action(ctx: StepContext) -> float:
     return float(not ctx.valid)
+
+
+def format_error(ctx: StepContext) -> float:
+    """1 on a turn whose reply could not be parsed into an action (text envs)."""
+    return float(ctx.format_error is not None)
 
 
 def final_dice(ctx: StepContext) -> float:
@@ -154,6 +172,7 @@ for _name, _term in (
     ("iou_gain", iou_gain),
     ("step", step),
     ("invalid_action", invalid_action),
+    ("format_error", format_error),
     ("final_dice", final_dice),
     ("final_iou", final_iou),
     ("medsam_agent", medsam_agent),
