@@ -1,31 +1,48 @@
 """Reference policies for medseg-env (installed as ``medseg_agents``).
 
 ``make_policy(name, **kwargs)`` builds one by its registered name: ``oracle_box``,
-``hybrid_expert``, ``ritm``, ``imis``, ``random`` (in that order, the benchmark's table order).
+``hybrid_expert``, ``ritm``, ``imis``, ``random`` (in that order, the benchmark's table order
+and default set), and the MLLM policies ``openai``, ``vllm`` and ``transformers``
+(``medseg_agents.mllm``), which need a model and run only when named.
 Add your own with ``register_policy(name, factory)`` or the ``medseg_agents.policies``
 entry-point group.
 """
 
 from .base import Policy
 from .clickers import IMISClicker, RITMClicker
+from .mllm import OpenAIChatPolicy, TextPolicy, TransformersPolicy, VLLMPolicy
 from .oracle import HybridExpert, OracleBox
 from .random_policy import RandomPolicy
-from .registry import POLICIES, make_policy, register_policy, registered_policies
+from .registry import (
+    POLICIES,
+    default_policies,
+    make_policy,
+    register_policy,
+    registered_policies,
+)
 
 register_policy("oracle_box", OracleBox)
 register_policy("hybrid_expert", HybridExpert)
 register_policy("ritm", RITMClicker)
 register_policy("imis", IMISClicker)
 register_policy("random", RandomPolicy)
+register_policy("openai", OpenAIChatPolicy, default=False)
+register_policy("vllm", VLLMPolicy, default=False)
+register_policy("transformers", TransformersPolicy, default=False)
 
 __all__ = [
     "POLICIES",
     "HybridExpert",
     "IMISClicker",
+    "OpenAIChatPolicy",
     "OracleBox",
     "Policy",
     "RITMClicker",
     "RandomPolicy",
+    "TextPolicy",
+    "TransformersPolicy",
+    "VLLMPolicy",
+    "default_policies",
     "make_policy",
     "register_policy",
     "registered_policies",

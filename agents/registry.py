@@ -27,13 +27,30 @@ POLICIES: Registry[PolicyFactory] = Registry(
 )
 
 
-def register_policy(name: str, factory: PolicyFactory, *, overwrite: bool = False) -> None:
+# Policies that need options to be built (a model, a server): left out of the default set.
+_NEEDS_OPTIONS: set[str] = set()
+
+
+def register_policy(
+    name: str, factory: PolicyFactory, *, overwrite: bool = False, default: bool = True
+) -> None:
     """Make ``make_policy(name, **kwargs)`` (and ``medseg-bench -p name``) build ``factory``.
 
     ``factory`` is a ``Policy`` subclass or any callable returning a ``Policy``; its keyword
-    arguments are the options of the benchmark's ``name:key=value`` specs.
+    arguments are the options of the benchmark's ``name:key=value`` specs. ``default=False``
+    keeps it out of the policies a benchmark runs when none are named (for policies that need
+    options, such as a model or a server address).
     """
     POLICIES.register(name, factory, overwrite=overwrite)
+    if default:
+        _NEEDS_OPTIONS.discard(name)
+    else:
+        _NEEDS_OPTIONS.add(name)
+
+
+def default_policies() -> list[str]:
+    """Registered policies that build without options, in registration order."""
+    return [name for name in POLICIES.names() if name not in _NEEDS_OPTIONS]
 
 
 def registered_policies() -> list[str]:

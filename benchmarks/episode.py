@@ -6,16 +6,21 @@ import math
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 
 from medseg_agents import Policy
+from medseg_agents.mllm.base import TextPolicy
 from medseg_env import metrics
 from medseg_env.actions import ActionKind
 from medseg_env.env import MedSegEnv
 from medseg_env.segmenters import Segmenter, make_segmenter
+from medseg_env.wrappers.text_env import MedSegTextEnv
 
 from .plan import EpisodeSpec, Plan
-from .records import EpisodeRecord, Step
+from .records import NO_ACTION, EpisodeRecord, Step
+
+_CALL_ACTIONS = {"add_bbox": "box", "stop_action": "stop"}
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,23 @@ class FinalState:
     turns: int
 
 
+def _step_action(action: object, info: dict) -> str:
+    """The ``Step.action`` name of a turn: the action's kind, or the text reply's call."""
+    parsed = info.get("parsed")
+    if parsed is None:
+        return ActionKind(int(np.asarray(action["kind"]).reshape(()))).name.lower()  # type: ignore[index]
+    call = parsed["call"]
+    if call is None:
+        return NO_ACTION
+    if not info["executed"]:
+        return "stop"  # the protocol's last reply: recorded, not run; the env stopped
+    if call["name"] == "add_point":
+        return f"{call['arguments']['point_type']}_click"
+    return _CALL_ACTIONS[call["name"]]
+
+
 def run_episode(
-    env: MedSegEnv,
+    env: gym.Env,
     policy: Policy,
     spec: EpisodeSpec,
     nsd_tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
@@ -43,7 +63,9 @@ def run_episode(
     start = time.perf_counter()
     obs, info = env.reset(seed=spec.seed, options={"sample_index": spec.sample_index})
     reset_s = time.perf_counter() - start
-    gt = env.ground_truth
+    base = env.unwrapped
+    assert isinstance(base, MedSegEnv)
+    gt = base.ground_truth
     spacing, tol = tuple(info["spacing"]), nsd_tolerance_mm
     steps: list[Step] = []
     act_s: list[float] = []
@@ -57,7 +79,7 @@ def run_episode(
         t2 = time.perf_counter()
         act_s.append(t1 - t0)
         env_s.append(t2 - t1)
-        mask = env.current_mask
+        mask = base.current_mask
         # An invalid action or a stop leaves the mask as it was: reuse its surface metrics.
         if prev_mask is None or not np.array_equal(mask, prev_mask):
             prev_surface = (metrics.nsd(mask, gt, spacing, tol), metrics.hd95(mask, gt, spacing))
@@ -65,7 +87,7 @@ def run_episode(
         steps.append(
             Step(
                 turn=int(info["turn"]),
-                action=ActionKind(int(np.asarray(action["kind"]).reshape(()))).name.lower(),
+                action=_step_action(action, info),
                 invalid=info["invalid_action"],
                 dice=float(info["dice"]),
                 iou=float(info["iou"]),
@@ -73,6 +95,8 @@ def run_episode(
                 hd95=float(prev_surface[1]),
                 num_clicks=int(info["num_clicks"]),
                 num_boxes=int(info["num_boxes"]),
+                reply=info.get("reply"),
+                parsed=info.get("parsed"),
             )
         )
         if terminated or truncated:
@@ -92,10 +116,10 @@ def run_episode(
         steps=tuple(steps),
         timing={"reset": reset_s, "act": act_s, "env": env_s},
     )
-    p = env.prompts
+    p = base.prompts
     final = FinalState(
-        image=obs["image"],
-        mask=env.current_mask,
+        image=base.image,
+        mask=base.current_mask,
         ground_truth=gt.copy(),
         points=p.points.copy(),
         labels=p.labels.copy(),
@@ -131,7 +155,7 @@ class Resources:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._envs: dict[tuple[str, str, int], MedSegEnv] = {}
+        self._envs: dict[tuple[str, str, int, str | None, str | None], gym.Env] = {}
 
     def policy(self, label: str) -> Policy:
         return self.plan.policies[label]
@@ -141,15 +165,21 @@ class Resources:
         tol = self.plan.config.nsd_tolerance_mm
         return run_episode(self.env(spec), self.policy(spec.policy), spec, tol)
 
-    def env(self, spec: EpisodeSpec) -> MedSegEnv:
-        key = (spec.dataset, spec.segmenter, spec.budget)
+    def env(self, spec: EpisodeSpec) -> gym.Env:
+        """The env of an episode: ``MedSeg-v0``, or its text form for a text policy."""
+        policy = self.policy(spec.policy)
+        protocol = policy.protocol if isinstance(policy, TextPolicy) else None
+        images = policy.images if isinstance(policy, TextPolicy) else None
+        key = (spec.dataset, spec.segmenter, spec.budget, protocol, images)
         if key not in self._envs:
-            env = MedSegEnv(
+            env: gym.Env = MedSegEnv(
                 dataset=self.plan.datasets[spec.dataset],
                 segmenter=shared_segmenter(spec.segmenter),
                 obs_size=self.plan.config.obs_size,
                 max_turns=spec.budget,
             )
+            if isinstance(policy, TextPolicy):
+                env = MedSegTextEnv(env, policy.protocol, images=policy.images)
             self._envs[key] = env
         return self._envs[key]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg_agents import POLICIES, Policy, make_policy
+from medseg_agents import POLICIES, Policy, default_policies, make_policy
 from medseg_env.data import Dataset, load_dataset
 from medseg_env.segmenters import SEGMENTERS
 
@@ -68,6 +68,12 @@ def known_policies(extra: Iterable[str] = ()) -> list[str]:
     return names + [n for n in extra if n not in names]
 
 
+def default_policy_specs(extra: Iterable[str] = ()) -> list[str]:
+    """What runs when no policy is named: every policy that builds without options."""
+    names = default_policies()
+    return names + [n for n in extra if n not in names]
+
+
 def resolve_config(
     config: BenchConfig, policies: Mapping[str, PolicySource] | None = None
 ) -> BenchConfig:
@@ -77,7 +83,7 @@ def resolve_config(
     """
     injected = dict(policies or {})
     known = known_policies(injected)
-    specs = config.policies or tuple(known)
+    specs = config.policies or tuple(default_policy_specs(injected))
     if not specs:
         raise BenchError("no policy to benchmark: no policy is registered")
     for spec in specs:

@@ -35,6 +35,10 @@ class Step:
 
     ``hd95`` is in millimetres and ``inf`` when exactly one of mask and target is empty;
     ``invalid`` is the env's reason string for an invalid action, else None.
+
+    Text policies (``MedSeg-Text-v0``) also keep the turn's raw ``reply`` and its ``parsed``
+    result (``{"call": ..., "error": ..., "num_calls": n}``); a reply that gave no action has
+    ``action == "none"`` and the parse error as ``invalid``. Both are None for other policies.
     """
 
     turn: int
@@ -46,9 +50,13 @@ class Step:
     hd95: float
     num_clicks: int
     num_boxes: int
+    reply: str | None = None
+    parsed: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
+        if self.reply is None and self.parsed is None:  # structured policies: the old format
+            del out["reply"], out["parsed"]
         # JSON has no infinity: null stands for "infinite" (one mask empty).
         out["hd95"] = None if math.isinf(self.hd95) else self.hd95
         return out
@@ -61,7 +69,7 @@ class Step:
             ValueError: a missing, unknown or wrongly typed field, or a value out of range
                 (the message says which).
         """
-        _check_keys(data, cls, "step")
+        _check_keys(data, cls, "step", optional=("reply", "parsed"))
         step_turn = _int_field(data, "turn", 1)
         if turn is not None and step_turn != turn:
             raise ValueError(f"turn = {step_turn}, expected {turn} (turns count from 1)")
@@ -89,7 +97,14 @@ class Step:
                 f"num_clicks = {clicks}, num_boxes = {boxes} after turn {step_turn}: more prompts "
                 "than turns (or more than one box)"
             )
+        reply, parsed = data.get("reply"), data.get("parsed")
+        if reply is not None and not isinstance(reply, str):
+            raise ValueError(f"reply = {_show(reply)}, expected a string or null")
+        if parsed is not None and not (isinstance(parsed, dict) and "error" in parsed):
+            raise ValueError(f"parsed = {_show(parsed)}, expected a parse record or null")
         return cls(
+            reply=reply,
+            parsed=parsed,
             turn=step_turn,
             action=action,
             invalid=invalid,
@@ -199,7 +214,9 @@ class EpisodeRecord:
 
 # --- validation helpers ---------------------------------------------------------------------
 
-_ACTIONS = frozenset(kind.name.lower() for kind in ActionKind)
+NO_ACTION = "none"
+"""``Step.action`` of a text turn whose reply gave no action."""
+_ACTIONS = frozenset(kind.name.lower() for kind in ActionKind) | {NO_ACTION}
 _STR_FIELDS = ("policy", "dataset", "segmenter", "sample_id", "modality", "target", "source_id")
 
 

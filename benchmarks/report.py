@@ -166,8 +166,11 @@ def timings_csv(records: Sequence[EpisodeRecord]) -> str:
 
 
 def summary_columns(rows: Sequence[Row]) -> list[str]:
+    """Identifying columns, then every metric column in first-seen order (text policies add
+    theirs; other rows leave them empty)."""
     ident = ["policy", "dataset", "segmenter", "modality"]
-    return ident + [k for k in rows[0] if k not in ident] if rows else ident
+    seen = dict.fromkeys(k for row in rows for k in row if k not in ident)
+    return ident + list(seen)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +213,31 @@ def summary_table(rows: Sequence[Row]) -> str:
     return _table(header, body)
 
 
+def text_table(rows: Sequence[Row]) -> str:
+    """Text policies: our convention beside MedSAM-Agent's EVAL one, well-formed replies."""
+    header = ["Policy", "Dataset", "Segmenter", "N", "Dice@final (ours: empty = 0)"]
+    header += ["Dice@final (EVAL: empty left out)", "Left out", "IoU@final (EVAL)"]
+    header += ["Well-formed %", "Turns", "Turn counts"]
+    body = [
+        [
+            r["policy"],
+            r["dataset"],
+            r["segmenter"],
+            str(r["n"]),
+            f"{_f(r['dice_final_mean'])} ± {_f(r['dice_final_std'])}",
+            _f(r["dice_final_mean_eval"]),
+            str(r["eval_left_out"]),
+            _f(r["iou_final_mean_eval"]),
+            _f(100 * r["wellformed_rate"], 1),
+            _f(r["turns_mean"], 2),
+            r["turn_counts"],
+        ]
+        for r in rows
+        if "wellformed_rate" in r
+    ]
+    return _table(header, body)
+
+
 def timing_table(timings: Sequence[Row]) -> str:
     header = ["Policy", "Dataset", "Segmenter", "Steps", "ms/step", "act ms", "env ms", "reset ms"]
     body = [
@@ -246,6 +274,7 @@ def markdown_summary(rows: Sequence[Row], timings: Sequence[Row], config: BenchC
         "",
         summary_table(by_modality),
         "",
+        *_text_section(overall),
         "## Wall time (varies between runs)",
         "",
         timing_table(timings),
@@ -258,6 +287,21 @@ def markdown_summary(rows: Sequence[Row], timings: Sequence[Row], config: BenchC
         "",
     ]
     return "\n".join(parts)
+
+
+def _text_section(overall: Sequence[Row]) -> list[str]:
+    if not any("wellformed_rate" in r for r in overall):
+        return []
+    return [
+        "## Text policies",
+        "",
+        text_table(overall),
+        "",
+        "Ours: an episode that ends with no mask counts as Dice 0. EVAL: MedSAM-Agent's "
+        "evaluation leaves such episodes out of the means (their number: Left out). "
+        "Well-formed: replies that parsed into a tool call.",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,15 @@ Conventions (all metrics come from ``medseg_env.metrics``):
 - **HD95@final**: mean over episodes whose HD95 is finite; ``hd95_final_inf`` counts the others
   (exactly one of mask and target empty), which would make a mean meaningless.
 
+Text policies (``MedSeg-Text-v0``) add, for their groups only:
+
+- **wellformed_rate**: replies that parsed into a call / replies;
+- **dice_final_mean_eval**, **iou_final_mean_eval**: MedSAM-Agent's EVAL convention, where an
+  episode that ends with no mask is *left out* of the means (``eval_left_out`` counts them);
+  our ``dice_final_mean`` counts it as Dice 0. An empty final mask is one whose HD95 is
+  infinite (the target is never empty);
+- **turn_counts**: ``"turns:episodes"`` pairs, e.g. ``"1:3 2:10 5:7"``.
+
 Rows come for each (policy, dataset, segmenter) with ``modality == "all"``, each followed by one
 row per modality in that group (sorted), in the order the groups first appear in the records.
 """
@@ -120,7 +129,26 @@ def summarize_group(records: Sequence[EpisodeRecord]) -> Row:
     row["stop_rate"] = _mean(col("stopped"))
     row["invalid_rate"] = sum(col("invalid_actions")) / sum(col("turns"))
     row["auc_dice"] = _mean(col("auc_dice"))
+    if any(step.reply is not None for r in records for step in r.steps):
+        row.update(_text_columns(records))
     return {k: _round(v) for k, v in row.items()}
+
+
+def _text_columns(records: Sequence[EpisodeRecord]) -> Row:
+    """The columns of text-policy groups: well-formed rate, the EVAL convention, turn counts."""
+    replies = [s for r in records for s in r.steps if s.parsed is not None]
+    well_formed = sum(s.parsed is not None and s.parsed.get("call") is not None for s in replies)
+    kept = [r for r in records if math.isfinite(r.steps[-1].hd95)]
+    counts: dict[int, int] = {}
+    for r in records:
+        counts[r.turns] = counts.get(r.turns, 0) + 1
+    return {
+        "wellformed_rate": well_formed / len(replies) if replies else math.nan,
+        "dice_final_mean_eval": _mean([r.steps[-1].dice for r in kept]),
+        "iou_final_mean_eval": _mean([r.steps[-1].iou for r in kept]),
+        "eval_left_out": len(records) - len(kept),
+        "turn_counts": " ".join(f"{t}:{n}" for t, n in sorted(counts.items())),
+    }
 
 
 def _round(value: Any) -> Any:

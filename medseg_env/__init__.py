@@ -4,7 +4,9 @@
 
 - ``MedSeg-v0``: structured ``Dict`` actions (``medseg_env.actions``);
 - ``MedSeg-MultiDiscrete-v0`` and ``MedSeg-Continuous-v0``: flat action forms for
-  stable-baselines3 (``medseg_env.wrappers``).
+  stable-baselines3 (``medseg_env.wrappers``);
+- ``MedSeg-Text-v0``: reply text under an MLLM text protocol (``medseg_env.text``), the
+  conversation as observation (``medseg_env.wrappers.text_env``).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -27,6 +29,7 @@ _ENVS = {
     "MedSeg-v0": "medseg_env.env:MedSegEnv",
     "MedSeg-MultiDiscrete-v0": "medseg_env.wrappers:make_multidiscrete",
     "MedSeg-Continuous-v0": "medseg_env.wrappers:make_continuous",
+    "MedSeg-Text-v0": "medseg_env.wrappers.text_env:make_text_env",
 }
 for _id, _entry in _ENVS.items():
     if _id not in gym_registry:

@@ -206,6 +206,23 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         p = self._prompts
         return Prompts(p.points.copy(), p.labels.copy(), None if p.box is None else p.box.copy())
 
+    @property
+    def image(self) -> np.ndarray:
+        """The episode's ``(S, S, 3)`` canvas image, as the observation shows it (a copy)."""
+        self._require_episode()
+        return self._image.copy()
+
+    @property
+    def turn(self) -> int:
+        """Turns taken in this episode (actions and rejected replies)."""
+        self._require_episode()
+        return self._turn
+
+    @property
+    def episode_over(self) -> bool:
+        """True before the first reset and once the episode has terminated or truncated."""
+        return self._done or self._reset_error is not None
+
     def _require_episode(self) -> None:
         if self._reset_error is not None:
             raise RuntimeError(
@@ -663,3 +680,19 @@ def letterbox(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, tuple[
             r, c = np.unravel_index(np.argmax(coverage), coverage.shape)
             target[r, c] = True
     return image, target, frame.resized_spacing(sample.spacing)
+
+
+def unletterbox_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A canvas mask back at the sample's ``(H, W)`` resolution (the inverse of ``letterbox``).
+
+    Crops the content out of the ``S×S`` canvas and resizes it by nearest neighbour, so every
+    sample pixel takes the value of the canvas pixel it falls in.
+    """
+    height, width = shape
+    new_h, new_w = LongestSide(height, width, mask.shape[0]).resized_shape
+    content = np.asarray(mask, bool)[:new_h, :new_w]
+    if (new_h, new_w) == (height, width):
+        return content.copy()
+    rows = np.minimum((np.arange(height) + 0.5) * new_h / height, new_h - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * new_w / width, new_w - 1).astype(int)
+    return content[np.ix_(rows, cols)]

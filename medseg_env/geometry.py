@@ -19,6 +19,7 @@ frame together. The MLLM text protocols add their integer grids (0–999, 0–10
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -164,3 +165,104 @@ def box_edges_from_mask(mask: np.ndarray) -> np.ndarray:
     if box is None:
         raise ValueError("box_edges_from_mask needs a non-empty mask")
     return np.array(pixel_box_edges(box), np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLLM integer grids
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridFrame:
+    """The integer grid an MLLM writes coordinates in, with its released rounding to pixels.
+
+    A grid value ``v`` (``0 <= v <= max_value``) becomes a pixel coordinate of an image side of
+    ``size`` pixels exactly as the released code computes it, in float64:
+
+    - ``rounding="round"``: Python's ``round`` (half to even) of the scaled value;
+    - ``rounding="floor"``: Python's ``int`` of it (truncation, the floor for ``v >= 0``);
+    - ``multiply_first``: ``v * size / divisor`` when True, ``v / divisor * size`` when False
+      (the two differ in the last bit of some products, which can move a pixel).
+
+    Because ``max_value <= divisor``, every grid value lands in ``[0, size]``.
+
+    Attributes:
+        name: what the grid is, for messages.
+        max_value: the largest grid value (the smallest is 0).
+        divisor: grid units per image side.
+        rounding: ``"round"`` or ``"floor"``, as above.
+        multiply_first: the order of the scaling, as above.
+    """
+
+    name: str
+    max_value: int
+    divisor: int
+    rounding: Literal["round", "floor"] = "round"
+    multiply_first: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ("round", "floor"):
+            raise ValueError(f"rounding must be 'round' or 'floor'; got {self.rounding!r}")
+        if not 1 <= self.max_value <= self.divisor:
+            raise ValueError(
+                f"a grid needs 1 <= max_value <= divisor; got {self.max_value}, {self.divisor}"
+            )
+
+    def to_pixels(self, values: np.ndarray, size: int) -> np.ndarray:
+        """Grid values (any shape) to integer pixel coordinates of a ``size``-pixel side."""
+        _check_side(size)
+        v = _finite(values, "grid values")
+        scaled = (v * size) / self.divisor if self.multiply_first else (v / self.divisor) * size
+        pixels = np.rint(scaled) if self.rounding == "round" else np.trunc(scaled)
+        return pixels.astype(np.int64)
+
+    def from_pixels(self, pixels: np.ndarray, size: int) -> np.ndarray:
+        """The grid values (int64, same shape) that ``to_pixels`` maps back to ``pixels``.
+
+        Of the grid values that give back the pixel, the one nearest the centre of their range
+        (``p * divisor / size`` for ``"round"``, ``(p + 0.5) * divisor / size`` for
+        ``"floor"``); where none does (a grid coarser than the image, or a pixel outside the
+        image), the value whose pixel is nearest. Always inside ``[0, max_value]``.
+        """
+        _check_side(size)
+        p = _finite(pixels, "pixels")
+        centre = (p + (0.5 if self.rounding == "floor" else 0.0)) * self.divisor / size
+        base = np.floor(centre)
+        best = best_err = best_dist = None
+        for offset in (-1, 0, 1, 2):
+            cand = np.clip(base + offset, 0, self.max_value)
+            err = np.abs(self.to_pixels(cand, size) - p)
+            dist = np.abs(cand - centre)
+            if best is None:
+                best, best_err, best_dist = cand, err, dist
+                continue
+            better = (err < best_err) | ((err == best_err) & (dist < best_dist))
+            best = np.where(better, cand, best)
+            best_err = np.where(better, err, best_err)
+            best_dist = np.where(better, dist, best_dist)
+        return np.asarray(best).astype(np.int64)
+
+
+def _check_side(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"an image side must be a positive integer; got {size!r}")
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} must be finite; got {values!r}")
+    return arr
+
+
+GRID_999_ROUND = GridFrame("0..999, round(v / 999 * size)", 999, 999, "round")
+"""MedSAM-Agent's EVAL path: ``round(v / 999.0 * size)`` (``infer/``), values 0..999."""
+
+GRID_1000_FLOOR = GridFrame("0..999, int(v * size / 1000)", 999, 1000, "floor", True)
+"""MedSAM-Agent's RL path: ``int(v * size / 1000)`` (its verl tools), values 0..999."""
+
+GRID_1000_ROUND = GridFrame("0..1000, round(v / 1000 * size)", 1000, 1000, "round")
+"""SegAgent's points: ``round(v / 1000 * size)`` (``evaltools/``), values 0..1000."""
+
+GRID_999_FLOOR = GridFrame("0..999, int(v / 999 * size)", 999, 999, "floor")
+"""SegAgent's boxes: ``int(v / 999 * size)`` (its box-predicting variant), values 0..999."""

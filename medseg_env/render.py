@@ -28,6 +28,22 @@ def _box_pixels(box: np.ndarray, shape: tuple[int, int]) -> tuple[tuple[int, int
     return (r0, c0), (r1, c1)
 
 
+def tint(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = MASK_COLOR,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """The image with ``mask`` blended in ``color``: the MLLM view, no prompts drawn.
+
+    ``out = image·(1−α) + color·α`` inside the mask, truncated to uint8 as MedSAM-Agent's
+    ``overlay_mask`` does (so a model fine-tuned on its overlays sees the same pixels).
+    """
+    out = image.astype(np.float32)
+    out[mask] = out[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def overlay(
     image: np.ndarray,
     mask: np.ndarray,

@@ -1,0 +1,153 @@
+"""``OpenAIChatPolicy``: any OpenAI-compatible chat server as a policy.
+
+``vllm serve``, ``sglang``, ``transformers serve`` or a hosted API: the text env's messages go
+as they are (images as PNG data URLs), one request per episode and turn, at most
+``concurrency`` in flight, each with a timeout and retried with exponential back-off on
+connection errors, timeouts, rate limits and server errors. A request that still fails raises
+``RuntimeError`` naming the server and the cause: the benchmark's journal keeps every episode
+finished before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from medseg_env.text.messages import ImageFormat, Message
+
+from .base import TextPolicy
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError as exc:
+        raise ImportError(
+            'OpenAIChatPolicy needs the openai client: pip install "medseg-env[mllm]"'
+        ) from exc
+    return openai
+
+
+class OpenAIChatPolicy(TextPolicy):
+    """A model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+    Args:
+        model: the served model's name.
+        base_url: e.g. ``http://127.0.0.1:8000/v1`` (default: ``OPENAI_BASE_URL`` or OpenAI).
+        api_key: default ``OPENAI_API_KEY``, else ``"EMPTY"`` (local servers ignore it).
+        protocol, temperature, top_p, max_tokens, seed: see ``TextPolicy``.
+        timeout: seconds per request.
+        max_retries: retries of a failed request (back-off ``backoff · 2^k`` seconds).
+        concurrency: requests in flight at once in ``act_batch``.
+        extra_body: extra request fields the server understands (e.g. ``{"top_k": 1}``).
+    """
+
+    name = "openai"
+    images: ClassVar[ImageFormat] = "data_url"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        protocol: str = "medsam_agent",
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_tokens: int = 128,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        concurrency: int = 8,
+        extra_body: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            protocol, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+        )
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must name the served model; got {model!r}")
+        if not (isinstance(concurrency, int) and concurrency >= 1):
+            raise ValueError(f"concurrency must be an int >= 1; got {concurrency!r}")
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise ValueError(f"max_retries must be an int >= 0; got {max_retries!r}")
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"timeout must be a number of seconds > 0; got {timeout!r}")
+        openai = _import_openai()
+        self.model, self.concurrency = model, concurrency
+        self.max_retries, self.backoff = max_retries, float(backoff)
+        self.extra_body = dict(extra_body or {})
+        self.client = openai.OpenAI(
+            base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+            timeout=float(timeout),
+            max_retries=0,  # retried here, with our back-off and a clear final error
+        )
+        self._transient = (
+            openai.APIConnectionError,  # includes APITimeoutError
+            openai.RateLimitError,
+            openai.InternalServerError,
+        )
+
+    def request(self, messages: list[Message], seed: int | None = None) -> dict[str, Any]:
+        """The ``chat.completions.create`` arguments for one conversation."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        if self.extra_body:
+            body["extra_body"] = self.extra_body
+        return body
+
+    def generate(self, conversations: Sequence[list[Message]]) -> list[str]:
+        seeds = [None if self.greedy else self.request_seed() for _ in conversations]
+        if len(conversations) == 1:
+            return [self._complete(conversations[0], seeds[0])]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
+            return list(pool.map(self._complete, conversations, seeds))
+
+    def _complete(self, messages: list[Message], seed: int | None) -> str:
+        body = self.request(messages, seed)
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.chat.completions.create(**body)
+                return reply_text(response.choices[0].message)
+            except self._transient as exc:
+                if attempt == self.max_retries:
+                    raise RuntimeError(
+                        f"{self.client.base_url}: chat completion for {self.model!r} failed "
+                        f"after {attempt + 1} tries: {type(exc).__name__}: {exc}"
+                    ) from exc
+                time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "model": self.model, "base_url": str(self.client.base_url)}
+
+
+def reply_text(message: Any) -> str:
+    """The reply as the model wrote it.
+
+    A server that parses tool calls itself (``vllm serve --enable-auto-tool-choice``) moves
+    them out of ``content``; they are put back as Hermes ``<tool_call>`` blocks, so the
+    protocol parses what the model wrote.
+    """
+    text = message.content or ""
+    for call in getattr(message, "tool_calls", None) or []:
+        function = call.function
+        try:
+            arguments = json.loads(function.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = function.arguments
+        payload = json.dumps({"name": function.name, "arguments": arguments})
+        text += f"<tool_call>\n{payload}\n</tool_call>"
+    return text

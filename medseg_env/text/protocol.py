@@ -1,0 +1,174 @@
+"""What a text protocol is: the contract between an MLLM's replies and the env's actions.
+
+A protocol is pure data plus parsing, with no model library: the system and turn templates,
+the tool schemas, ``parse(text) -> ParsedReply`` (never raises), ``render(call) -> text`` (its
+inverse, for trajectory export), the integer coordinate grid (``medseg_env.geometry``), the
+rule that turns a sample into the image the model sees, and what happens after a malformed
+reply. The text env (``medseg_env.wrappers.text_env``) does the rest: it builds the messages,
+maps grid coordinates to the observation and steps the env.
+
+A ``ToolCall`` is canonical: one of ``TOOL_NAMES``, with arguments in the protocol's grid
+(``bbox_2d`` four numbers, ``point_2d`` two, ``point_type`` "positive" or "negative"), all
+finite and inside the grid. ``parse`` only returns calls of that form, so every parsed call
+maps to an action inside the env's action space.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .. import geometry
+
+TOOL_NAMES = ("add_bbox", "add_point", "stop_action")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One canonical tool call, coordinates in the protocol's grid.
+
+    ``arguments``: ``{"bbox_2d": (x1, y1, x2, y2)}`` for ``add_bbox``,
+    ``{"point_2d": (x, y), "point_type": "positive" | "negative"}`` for ``add_point``, ``{}``
+    for ``stop_action``.
+    """
+
+    name: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """The result of parsing one reply: a call, or the reason there is none.
+
+    Attributes:
+        text: the reply as received.
+        call: the call that will be executed, or None.
+        error: why the reply gave no call (None exactly when ``call`` is set).
+        num_calls: tool calls found in the reply (only the first is executed).
+        stop_after: the reply also asked to stop: ``call`` is executed, then the episode ends
+            (MedSAM-Agent's RL loop ends the episode when any call of a reply is
+            ``stop_action``, while it executes only the first).
+    """
+
+    text: str
+    call: ToolCall | None
+    error: str | None = None
+    num_calls: int = 0
+    stop_after: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.call is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready record of the parse (for episode records)."""
+        call = None
+        if self.call is not None:
+            call = {
+                "name": self.call.name,
+                "arguments": {
+                    k: list(v) if isinstance(v, tuple) else v
+                    for k, v in self.call.arguments.items()
+                },
+            }
+        return {
+            "call": call,
+            "error": self.error,
+            "num_calls": self.num_calls,
+            "stop_after": self.stop_after,
+        }
+
+
+@dataclass(frozen=True)
+class ImageRule:
+    """How a protocol turns the image (with or without the overlay) into the model's input.
+
+    ``mode``: ``"letterbox_white"`` (thumbnail into ``side``×``side``, aspect kept, centred on
+    white; MedSAM-Agent's EVAL path) or ``"stretch"`` (resized to ``side``×``side``).
+    ``upscale`` False: a letterboxed image smaller than ``side`` is padded but never enlarged,
+    as PIL's ``thumbnail`` in the released EVAL code does (a quirk; see the README).
+    ``resample``: the PIL filter of the image resize. ``tint_first``: the mask is tinted on the
+    image at its own resolution before the resize (SegAgent); otherwise the image is resized
+    first and the mask, moved by the same geometry (bilinear, thresholded at half), is tinted
+    on the result (MedSAM-Agent's paths).
+    """
+
+    side: int = 512
+    mode: Literal["letterbox_white", "stretch"] = "stretch"
+    upscale: bool = True
+    resample: Literal["lanczos", "bilinear", "bicubic"] = "bicubic"
+    tint_first: bool = False
+
+
+class Protocol(ABC):
+    """A text protocol. Subclasses set the attributes and implement ``parse`` and ``render``.
+
+    Attributes:
+        name: registry name.
+        system_prompt: the system message (exact text the model was trained on).
+        first_turn: the first user text, a ``str.format`` template with ``{target}``.
+        later_turn: the user text that comes with every new overlay.
+        image_token: text put before each user text (``"<image>"`` in MedSAM-Agent's EVAL
+            path), or ``""``.
+        tools: the tool schemas, as the system prompt lists them.
+        frame: the integer grid the coordinates are in.
+        box_frame: the grid of ``bbox_2d`` where it differs from ``frame`` (SegAgent), else
+            None; ``frame_for(call)`` picks the right one.
+        image_rule: how the image reaches the model.
+        overlay_color, overlay_alpha: the mask tint of the overlay images.
+        history_turns: past turns (assistant reply + the user message after it) kept in the
+            messages, or None for the full history.
+        max_turns: the most assistant turns of an episode; a reply retried under ``retries``
+            (or ``retry_first_stop``) does not count.
+        execute_last_turn: False when the last allowed reply is generated but never executed
+            (MedSAM-Agent's RL loop).
+        retries: malformed replies in a row that are tolerated; one more ends the episode.
+        retry_first_stop: a ``stop_action`` before any action is retried instead of obeyed
+            while the retry budget (shared with malformed replies) is not spent, and obeyed
+            once it is (MedSAM-Agent's EVAL path).
+        segmenter_call: ``"single"`` (all prompts, previous logits, one mask) or
+            ``"medsam_agent_eval"`` (after a mask exists, a click is decoded alone with the
+            previous logits; best of 3 candidates).
+    """
+
+    name: str
+    system_prompt: str
+    first_turn: str
+    later_turn: str
+    image_token: str = ""
+    tools: Sequence[Mapping[str, Any]] = ()
+    frame: geometry.GridFrame
+    box_frame: geometry.GridFrame | None = None
+    image_rule: ImageRule = ImageRule()
+    overlay_color: tuple[int, int, int] = (0, 255, 0)
+    overlay_alpha: float = 0.5
+    history_turns: int | None = None
+    max_turns: int = 5
+    execute_last_turn: bool = True
+    retries: int = 0
+    retry_first_stop: bool = False
+    segmenter_call: Literal["single", "medsam_agent_eval"] = "single"
+
+    @abstractmethod
+    def parse(self, text: str) -> ParsedReply:
+        """The call in ``text``; never raises (a non-string gives an error reply too)."""
+
+    @abstractmethod
+    def render(self, call: ToolCall) -> str:
+        """The reply text that ``parse`` reads back as ``call`` (up to grid rounding)."""
+
+    def first_user_text(self, target: str) -> str:
+        # replace, not str.format: a template may hold literal braces (JSON examples)
+        return self.image_token + self.first_turn.replace("{target}", target)
+
+    def later_user_text(self, target: str = "") -> str:
+        """The text of a later turn (``later_turn`` may name ``{target}``, as SegAgent's)."""
+        return self.image_token + self.later_turn.format(target=target)
+
+    def frame_for(self, call: ToolCall) -> geometry.GridFrame:
+        """The grid of ``call``'s coordinates."""
+        if call.name == "add_bbox" and self.box_frame is not None:
+            return self.box_frame
+        return self.frame
