@@ -43,10 +43,8 @@ def _step_action(action: object, info: dict) -> str:
     if parsed is None:
         return ActionKind(int(np.asarray(action["kind"]).reshape(()))).name.lower()  # type: ignore[index]
     call = parsed["call"]
-    if call is None:
-        return NO_ACTION
-    if not info["executed"]:
-        return "stop"  # the protocol's last reply: recorded, not run; the env stopped
+    if call is None or not info["executed"]:
+        return NO_ACTION  # no call, or one the protocol did not run (its last turn, a retry)
     if call["name"] == "add_point":
         return f"{call['arguments']['point_type']}_click"
     return _CALL_ACTIONS[call["name"]]

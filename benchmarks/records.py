@@ -201,7 +201,10 @@ class EpisodeRecord:
             if step.action == "stop" and i != len(raw_steps) - 1:
                 raise ValueError(f"steps[{i}]: a stop before the last turn")
             steps.append(step)
-        if stopped != (steps[-1].action == "stop"):
+        # A text episode also ends without a stop: on malformed replies (the protocol's rule)
+        # or a stop in a later call of a reply; only a stop must then say "stopped".
+        text = steps[-1].reply is not None
+        if stopped != (steps[-1].action == "stop") and not (text and stopped):
             raise ValueError(
                 f"stopped = {_show(stopped)} but the last action is {steps[-1].action!r}"
             )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-from medseg_env.text.messages import ImageFormat, Message
+from medseg_env.text.messages import ImageFormat, Message, convert_images
 
 from .base import TextPolicy
 
@@ -44,6 +44,11 @@ class OpenAIChatPolicy(TextPolicy):
         max_retries: retries of a failed request (back-off ``backoff · 2^k`` seconds).
         concurrency: requests in flight at once in ``act_batch``.
         extra_body: extra request fields the server understands (e.g. ``{"top_k": 1}``).
+        on_server_error: ``"raise"`` (default), or ``"empty"`` to answer a request whose server
+            error (HTTP 5xx) survived every retry with an empty reply, which the protocol
+            records as malformed. For servers that parse tool calls themselves and fail on a
+            malformed one (``transformers serve`` answers HTTP 500): the model's text is lost
+            then, so only use it where the alternative is a run that cannot finish.
     """
 
     name = "openai"
@@ -64,6 +69,7 @@ class OpenAIChatPolicy(TextPolicy):
         backoff: float = 1.0,
         concurrency: int = 8,
         extra_body: dict[str, Any] | None = None,
+        on_server_error: str = "raise",
         seed: int | None = None,
     ) -> None:
         super().__init__(
@@ -77,6 +83,10 @@ class OpenAIChatPolicy(TextPolicy):
             raise ValueError(f"max_retries must be an int >= 0; got {max_retries!r}")
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise ValueError(f"timeout must be a number of seconds > 0; got {timeout!r}")
+        if on_server_error not in ("raise", "empty"):
+            raise ValueError(f"on_server_error must be 'raise' or 'empty'; got {on_server_error!r}")
+        self.on_server_error = on_server_error
+        self.server_errors = 0  # requests answered empty after a server error
         openai = _import_openai()
         self.model, self.concurrency = model, concurrency
         self.max_retries, self.backoff = max_retries, float(backoff)
@@ -92,12 +102,14 @@ class OpenAIChatPolicy(TextPolicy):
             openai.RateLimitError,
             openai.InternalServerError,
         )
+        self._server_error = openai.InternalServerError
 
     def request(self, messages: list[Message], seed: int | None = None) -> dict[str, Any]:
-        """The ``chat.completions.create`` arguments for one conversation."""
+        """The ``chat.completions.create`` arguments for one conversation (PIL images become
+        data URLs; data URLs pass as they are)."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": convert_images(messages, "data_url"),
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
@@ -123,6 +135,9 @@ class OpenAIChatPolicy(TextPolicy):
                 return reply_text(response.choices[0].message)
             except self._transient as exc:
                 if attempt == self.max_retries:
+                    if self.on_server_error == "empty" and isinstance(exc, self._server_error):
+                        self.server_errors += 1
+                        return ""
                     raise RuntimeError(
                         f"{self.client.base_url}: chat completion for {self.model!r} failed "
                         f"after {attempt + 1} tries: {type(exc).__name__}: {exc}"

@@ -85,7 +85,7 @@ class TransformersPolicy(TextPolicy):
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            padding=True,
+            processor_kwargs={"padding": True},
         ).to(self.device)
         sampling: dict[str, Any] = {"do_sample": not self.greedy}
         if not self.greedy:
