@@ -15,6 +15,7 @@ from medseg_env import metrics
 from medseg_env.actions import ActionKind
 from medseg_env.env import MedSegEnv
 from medseg_env.segmenters import Segmenter, make_segmenter
+from medseg_env.text import get_protocol
 from medseg_env.wrappers.text_env import MedSegTextEnv
 
 from .plan import EpisodeSpec, Plan
@@ -175,6 +176,8 @@ class Resources:
                 segmenter=shared_segmenter(spec.segmenter),
                 obs_size=self.plan.config.obs_size,
                 max_turns=spec.budget,
+                # a text protocol is scored with its own way of calling the segmenter
+                prompting=get_protocol(protocol).segmenter_call if protocol else "accumulate",
             )
             if isinstance(policy, TextPolicy):
                 env = MedSegTextEnv(env, policy.protocol, images=policy.images)

@@ -30,7 +30,7 @@ from .oracle import Oracle
 from .registry import UnknownNameError
 from .render import overlay, prompt_map
 from .rewards import REJECTED, Reward, StepContext
-from .segmenters import Embedding, PromptKind, Prompts, Segmenter, make_segmenter
+from .segmenters import Embedding, Prediction, PromptKind, Prompts, Segmenter, make_segmenter
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 Observation = dict[str, np.ndarray]
 StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
 
+
+PROMPTING_MODES = ("accumulate", "medsam_agent_eval", "medsam_agent_rl")
+"""What the segmenter is given each turn (the ``prompting`` option)."""
 
 RESET_OPTIONS = ("sample_index", "sample_id")
 """The keys ``MedSegEnv.reset(options=...)`` takes."""
@@ -58,6 +61,11 @@ def default_config() -> dict[str, Any]:
     - ``reward``: a preset name, a term, or a weighted composition (``medseg_env.rewards``).
     - ``min_box_size``: a box narrower or lower than this many observation pixels is invalid:
       a finite real number from 0 to ``obs_size``.
+    - ``prompting``: what the segmenter is given each turn: ``"accumulate"`` (every prompt so
+      far, the previous logits on click turns) or ``"medsam_agent_eval"`` (MedSAM-Agent's
+      evaluation: a box alone, a click alone once a mask exists, both with the previous
+      logits, best of 3 candidates) or ``"medsam_agent_rl"`` (the new prompt alone with the
+      previous logits); see ``MedSegEnv._predict``.
 
     Integers are not truncated from floats (``64.0`` is refused), and ``bool`` is no number here.
     """
@@ -69,6 +77,7 @@ def default_config() -> dict[str, Any]:
         "max_turns": 10,
         "reward": "dice_gain",
         "min_box_size": 2.0,
+        "prompting": "accumulate",
     }
 
 
@@ -139,6 +148,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         max_turns = _check_int_option("max_turns", config["max_turns"], minimum=1)
         min_box_size = _check_min_box_size(config["min_box_size"], size)
         _check_segmenter_kwargs(config["segmenter_kwargs"])
+        if config["prompting"] not in PROMPTING_MODES:
+            raise ValueError(
+                f"prompting must be one of {list(PROMPTING_MODES)}; got {config['prompting']!r}"
+            )
+        self.prompting: str = config["prompting"]
         config.update(obs_size=size, max_turns=max_turns, min_box_size=min_box_size)
         self.config = config
         self.render_mode = render_mode
@@ -311,8 +325,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         # Predict before changing anything: if the segmenter raises, the episode is untouched.
         prediction = None
         if new_prompts is not None:
-            mask_input = self._mask_input(kind)
-            prediction = self.segmenter.predict(self._embedding, new_prompts, mask_input)
+            prediction = self._predict(kind, new_prompts)
         self._turn += 1
         if new_prompts is not None and prediction is not None:
             self._prompts, self._logits = new_prompts, prediction.logits
@@ -400,8 +413,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         new_prompts, invalid = self._prompts_after(kind, point, box)
         if new_prompts is None:
             return self._mask.copy(), invalid
-        prediction = self.segmenter.predict(self._embedding, new_prompts, self._mask_input(kind))
-        return prediction.mask, None
+        return self._predict(kind, new_prompts).mask, None
 
     # ----------------------------------------------------------------- helpers
     def _check_reset_options(self, options: Mapping[str, Any] | None) -> int | None:
@@ -443,6 +455,35 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
                 f"reset option sample_id={sample_id!r}: dataset {self.dataset.name!r} has no "
                 f"such sample"
             ) from None
+
+    def _predict(self, kind: A.ActionKind, prompts: Prompts) -> Prediction:
+        """The segmenter's mask for the prompt set after this action, as ``prompting`` says.
+
+        ``"accumulate"``: every prompt so far, the previous logits on click turns, one mask.
+        ``"medsam_agent_eval"`` (MedSAM-Agent's evaluation code): a box alone with the previous
+        logits; once logits exist, a click alone (the last one) with them; before that, every
+        click; the best of the decoder's 3 candidates by its own score each time.
+        ``"medsam_agent_rl"`` (its training tools, as the issue reads them): the new prompt
+        alone with the previous logits, one mask.
+        """
+        if self.prompting == "accumulate":
+            return self.segmenter.predict(self._embedding, prompts, self._mask_input(kind))
+        logits = self._logits
+        if self.prompting == "medsam_agent_rl":
+            if kind == A.ActionKind.BOX:
+                assert prompts.box is not None
+                alone = Prompts().with_box(prompts.box)
+            else:
+                alone = Prompts(prompts.points[-1:], prompts.labels[-1:])
+            return self.segmenter.predict(self._embedding, alone, logits)
+        if kind == A.ActionKind.BOX:
+            assert prompts.box is not None
+            call = Prompts().with_box(prompts.box)
+        elif logits is not None:
+            call = Prompts(prompts.points[-1:], prompts.labels[-1:])
+        else:
+            call = prompts
+        return self.segmenter.predict(self._embedding, call, logits, multimask=True)
 
     def _mask_input(self, kind: A.ActionKind) -> torch.Tensor | None:
         """The previous logits on refinement (click) turns; none for a new box.

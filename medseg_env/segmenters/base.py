@@ -87,8 +87,13 @@ class Segmenter(ABC):
         embedding: Embedding,
         prompts: Prompts,
         previous_logits: torch.Tensor | None = None,
+        multimask: bool = False,
     ) -> Prediction:
-        """Turn prompts (and the previous turn's logits, when given) into a mask."""
+        """Turn prompts (and the previous turn's logits, when given) into a mask.
+
+        ``multimask``: decode the model's candidate masks and keep the one it scores best
+        (SAM's ``multimask_output``); a backend with a single output ignores it.
+        """
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -131,6 +131,7 @@ class SamFamilySegmenter(Segmenter):
         embedding: Embedding,
         prompts: Prompts,
         previous_logits: torch.Tensor | None = None,
+        multimask: bool = False,
     ) -> Prediction:
         self.check_prompts(prompts)
         if embedding.model_id != self.model_id:
@@ -141,7 +142,7 @@ class SamFamilySegmenter(Segmenter):
         masks = None
         if self.use_mask_input and previous_logits is not None:
             masks = previous_logits.to(self.device, torch.float32)
-        multimask = (
+        multimask = multimask or (
             self.multimask_single_click
             and masks is None
             and boxes is None

@@ -425,7 +425,7 @@ class MedSAMAgentRLProtocol(_MedSAMAgentBase):
     history_turns = None
     execute_last_turn = False
     retries = 0
-    segmenter_call = "single"
+    segmenter_call = "medsam_agent_rl"
 
     def _parse(self, text: str) -> ParsedReply:
         if "<tool_call>" not in text or "</tool_call>" not in text:

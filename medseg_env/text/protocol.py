@@ -128,9 +128,12 @@ class Protocol(ABC):
         retry_first_stop: a ``stop_action`` before any action is retried instead of obeyed
             while the retry budget (shared with malformed replies) is not spent, and obeyed
             once it is (MedSAM-Agent's EVAL path).
-        segmenter_call: ``"single"`` (all prompts, previous logits, one mask) or
-            ``"medsam_agent_eval"`` (after a mask exists, a click is decoded alone with the
-            previous logits; best of 3 candidates).
+        segmenter_call: the env's ``prompting`` mode the protocol was scored or trained with
+            (``medseg_env.env.PROMPTING_MODES``): ``"accumulate"`` (all prompts, previous
+            logits on clicks, one mask), ``"medsam_agent_eval"`` (a box alone, a click alone
+            once a mask exists, with the previous logits; best of 3 candidates) or
+            ``"medsam_agent_rl"`` (the new prompt alone with the previous logits, one mask).
+            ``MedSeg-Text-v0`` uses it unless ``prompting`` is given.
     """
 
     name: str
@@ -149,7 +152,7 @@ class Protocol(ABC):
     execute_last_turn: bool = True
     retries: int = 0
     retry_first_stop: bool = False
-    segmenter_call: Literal["single", "medsam_agent_eval"] = "single"
+    segmenter_call: Literal["accumulate", "medsam_agent_eval", "medsam_agent_rl"] = "accumulate"
 
     @abstractmethod
     def parse(self, text: str) -> ParsedReply:

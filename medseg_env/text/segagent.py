@@ -42,7 +42,7 @@ mask one click at a time. Its released ``evaltools/model_loader.py``
   ``Finish`` and no point or box is ``stop_action``; any other reply without a point is an
   error, which ends the episode (``retries=0``);
 - every click goes to the segmenter with all previous clicks and the previous logits
-  (``use_previous_mask 1``): ``segmenter_call="single"``.
+  (``use_previous_mask 1``): ``segmenter_call="accumulate"``.
 
 Coordinates outside the grid (0..1000 for points, 0..999 for boxes) are an error here; the
 released code does not check them.
@@ -92,7 +92,7 @@ class SegAgentProtocol(Protocol):
     max_turns = 7
     execute_last_turn = True
     retries = 0
-    segmenter_call = "single"
+    segmenter_call = "accumulate"
 
     def parse(self, text: str) -> ParsedReply:
         if not isinstance(text, str):

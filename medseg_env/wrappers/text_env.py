@@ -339,10 +339,12 @@ def make_text_env(
 ) -> MedSegTextEnv:
     """Entry point of ``MedSeg-Text-v0``: ``MedSegEnv`` + ``MedSegTextEnv``.
 
-    ``max_turns`` defaults to the protocol's; every other option is ``MedSeg-v0``'s.
+    ``max_turns`` and ``prompting`` default to the protocol's (its turn budget and the way
+    its code calls the segmenter); every other option is ``MedSeg-v0``'s.
     """
     proto = get_protocol(protocol)
     config.setdefault("max_turns", proto.max_turns)
+    config.setdefault("prompting", proto.segmenter_call)
     env = MedSegEnv(render_mode=render_mode, **config)
     return MedSegTextEnv(
         env, proto, images=images, target_template=target_template, image_rule=image_rule

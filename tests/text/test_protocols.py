@@ -395,7 +395,7 @@ def test_medsam_agent_rl_settings():
     assert RL.image_rule == ImageRule(side=512, mode="stretch", resample="bilinear")
     assert (RL.max_turns, RL.history_turns, RL.retries) == (5, None, 0)
     assert not RL.execute_last_turn and not RL.retry_first_stop
-    assert RL.segmenter_call == "single" and RL.tools == EVAL.tools
+    assert RL.segmenter_call == "medsam_agent_rl" and RL.tools == EVAL.tools
 
 
 def test_segagent_settings():

@@ -1,0 +1,82 @@
+"""The env's ``prompting`` modes: what the real segmenter is given each turn."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from medseg_env import MedSegEnv
+from medseg_env import actions as A
+from medseg_env.data import Dataset
+from medseg_env.segmenters import make_segmenter
+
+
+class Spy:
+    """The real click-tuned LiteMedSAM, its ``predict`` recording (clicks, box, mask input, multimask)."""
+
+    def __init__(self) -> None:
+        self.segmenter = make_segmenter("litemedsam_clicks")
+        self.calls: list[tuple[int, bool, bool, bool]] = []
+        real = self.segmenter.predict
+
+        def predict(embedding, prompts, previous_logits=None, multimask=False):
+            box = prompts.box is not None
+            self.calls.append((len(prompts.points), box, previous_logits is not None, multimask))
+            return real(embedding, prompts, previous_logits, multimask=multimask)
+
+        self.segmenter.predict = predict  # type: ignore[method-assign]
+
+
+def run(small_demo: Dataset, prompting: str) -> Spy:
+    spy = Spy()
+    env = MedSegEnv(dataset=small_demo, segmenter=spy.segmenter, prompting=prompting)
+    env.reset(seed=0, options={"sample_index": 0})
+    gt = env.ground_truth
+    rows, cols = np.nonzero(gt)
+    r, c = int(rows.mean()), int(cols.mean())
+    env.step(A.pixel_box(rows.min(), cols.min(), rows.max(), cols.max(), gt.shape[0]))
+    env.step(A.pixel_click(r, c, gt.shape[0], positive=True))
+    env.step(A.pixel_click(rows.min(), cols.min(), gt.shape[0], positive=False))
+    assert len(env.prompts.points) == 2 and env.prompts.box is not None  # the record keeps all
+    return spy
+
+
+def test_accumulate_gives_every_prompt(small_demo: Dataset) -> None:
+    calls = run(small_demo, "accumulate").calls
+    # (clicks, box, mask input, multimask): the box starts afresh; clicks add up with the box
+    assert calls == [(0, True, False, False), (1, True, True, False), (2, True, True, False)]
+
+
+def test_medsam_agent_eval_decodes_the_last_click_alone_best_of_three(
+    small_demo: Dataset,
+) -> None:
+    calls = run(small_demo, "medsam_agent_eval").calls
+    assert calls == [(0, True, False, True), (1, False, True, True), (1, False, True, True)]
+
+
+def test_medsam_agent_rl_gives_the_new_prompt_alone(small_demo: Dataset) -> None:
+    calls = run(small_demo, "medsam_agent_rl").calls
+    assert calls == [(0, True, False, False), (1, False, True, False), (1, False, True, False)]
+
+
+def test_unknown_prompting_mode_is_refused(small_demo: Dataset) -> None:
+    with pytest.raises(ValueError, match="prompting must be one of"):
+        MedSegEnv(dataset=small_demo, prompting="all")
+
+
+@pytest.mark.parametrize(
+    ("protocol", "mode"),
+    [
+        ("medsam_agent", "medsam_agent_eval"),
+        ("medsam_agent_rl", "medsam_agent_rl"),
+        ("segagent", "accumulate"),
+    ],
+)
+def test_text_env_uses_the_protocols_mode(small_demo: Dataset, protocol: str, mode: str) -> None:
+    env = gym.make("MedSeg-Text-v0", dataset=small_demo, protocol=protocol)
+    assert env.unwrapped.prompting == mode
+    override = gym.make(
+        "MedSeg-Text-v0", dataset=small_demo, protocol=protocol, prompting="accumulate"
+    )
+    assert override.unwrapped.prompting == "accumulate"
