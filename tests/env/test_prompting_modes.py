@@ -13,7 +13,7 @@ from medseg_env.segmenters import make_segmenter
 
 
 class Spy:
-    """The real click-tuned LiteMedSAM, its ``predict`` recording (clicks, box, mask input, multimask)."""
+    """Click-tuned LiteMedSAM whose ``predict`` records (clicks, box, mask input, multimask)."""
 
     def __init__(self) -> None:
         self.segmenter = make_segmenter("litemedsam_clicks")
