@@ -36,10 +36,14 @@ class Policy(ABC):
         name: short name used in benchmark tables.
         needs_oracle: True when ``act`` reads the ground truth through ``env`` (oracle
             simulators and experts); the benchmark reports such policies as oracles.
+        episode_batch: how many episodes the benchmark plays in lockstep for this policy,
+            with one ``act_batch`` call per turn (an LLM's batched generate); 1 plays them
+            one by one with ``act``.
     """
 
     name: str = "policy"
     needs_oracle: bool = False
+    episode_batch: int = 1
 
     def __init__(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -51,82 +52,131 @@ def _step_action(action: object, info: dict) -> str:
     return _CALL_ACTIONS[call["name"]]
 
 
-def run_episode(
-    env: gym.Env,
-    policy: Policy,
-    spec: EpisodeSpec,
-    nsd_tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
-) -> tuple[EpisodeRecord, FinalState]:
-    """Play one episode to its end; NSD (at ``nsd_tolerance_mm``) and HD95 after every turn."""
-    policy.seed(spec.seed)
-    start = time.perf_counter()
-    obs, info = env.reset(seed=spec.seed, options={"sample_index": spec.sample_index})
-    reset_s = time.perf_counter() - start
-    base = env.unwrapped
-    assert isinstance(base, MedSegEnv)
-    gt = base.ground_truth
-    spacing, tol = tuple(info["spacing"]), nsd_tolerance_mm
-    steps: list[Step] = []
-    act_s: list[float] = []
-    env_s: list[float] = []
-    prev_mask, prev_surface = None, (0.0, math.inf)
-    while True:
-        t0 = time.perf_counter()
-        action = policy.act(obs, info, env)
+class _Episode:
+    """One episode in progress: its env, its steps, its timings."""
+
+    def __init__(self, env: gym.Env, spec: EpisodeSpec, tol: float) -> None:
+        self.env, self.spec, self.tol = env, spec, tol
+        start = time.perf_counter()
+        self.obs, self.info = env.reset(seed=spec.seed, options={"sample_index": spec.sample_index})
+        self.reset_s = time.perf_counter() - start
+        base = env.unwrapped
+        assert isinstance(base, MedSegEnv)
+        self.base = base
+        self.gt = base.ground_truth
+        self.spacing = tuple(self.info["spacing"])
+        self.steps: list[Step] = []
+        self.act_s: list[float] = []
+        self.env_s: list[float] = []
+        self.done = False
+        self.terminated = False
+        self._prev_mask: np.ndarray | None = None
+        self._surface = (0.0, math.inf)
+
+    def step(self, action: object, act_s: float) -> None:
         t1 = time.perf_counter()
-        obs, _, terminated, truncated, info = env.step(action)
-        t2 = time.perf_counter()
-        act_s.append(t1 - t0)
-        env_s.append(t2 - t1)
-        mask = base.current_mask
+        self.obs, _, terminated, truncated, info = self.env.step(action)
+        self.env_s.append(time.perf_counter() - t1)
+        self.act_s.append(act_s)
+        self.info = info
+        mask = self.base.current_mask
         # An invalid action or a stop leaves the mask as it was: reuse its surface metrics.
-        if prev_mask is None or not np.array_equal(mask, prev_mask):
-            prev_surface = (metrics.nsd(mask, gt, spacing, tol), metrics.hd95(mask, gt, spacing))
-        prev_mask = mask
-        steps.append(
+        if self._prev_mask is None or not np.array_equal(mask, self._prev_mask):
+            gt, spacing = self.gt, self.spacing
+            self._surface = (
+                metrics.nsd(mask, gt, spacing, self.tol),
+                metrics.hd95(mask, gt, spacing),
+            )
+        self._prev_mask = mask
+        self.steps.append(
             Step(
                 turn=int(info["turn"]),
                 action=_step_action(action, info),
                 invalid=info["invalid_action"],
                 dice=float(info["dice"]),
                 iou=float(info["iou"]),
-                nsd=float(prev_surface[0]),
-                hd95=float(prev_surface[1]),
+                nsd=float(self._surface[0]),
+                hd95=float(self._surface[1]),
                 num_clicks=int(info["num_clicks"]),
                 num_boxes=int(info["num_boxes"]),
                 reply=info.get("reply"),
                 parsed=info.get("parsed"),
             )
         )
-        if terminated or truncated:
-            break
-    record = EpisodeRecord(
-        policy=spec.policy,
-        dataset=spec.dataset,
-        segmenter=spec.segmenter,
-        sample_id=spec.sample_id,
-        sample_index=spec.sample_index,
-        modality=str(info["modality"]),
-        target=str(info["target"]),
-        source_id=str(info["source_id"]),
-        seed=spec.seed,
-        budget=spec.budget,
-        stopped=bool(terminated),
-        steps=tuple(steps),
-        timing={"reset": reset_s, "act": act_s, "env": env_s},
-    )
-    p = base.prompts
-    final = FinalState(
-        image=base.image,
-        mask=base.current_mask,
-        ground_truth=gt.copy(),
-        points=p.points.copy(),
-        labels=p.labels.copy(),
-        box=None if p.box is None else p.box.copy(),
-        dice=steps[-1].dice,
-        turns=len(steps),
-    )
-    return record, final
+        self.terminated = bool(terminated)
+        self.done = bool(terminated or truncated)
+
+    def finish(self) -> tuple[EpisodeRecord, FinalState]:
+        spec, info = self.spec, self.info
+        record = EpisodeRecord(
+            policy=spec.policy,
+            dataset=spec.dataset,
+            segmenter=spec.segmenter,
+            sample_id=spec.sample_id,
+            sample_index=spec.sample_index,
+            modality=str(info["modality"]),
+            target=str(info["target"]),
+            source_id=str(info["source_id"]),
+            seed=spec.seed,
+            budget=spec.budget,
+            stopped=self.terminated,
+            steps=tuple(self.steps),
+            timing={"reset": self.reset_s, "act": self.act_s, "env": self.env_s},
+        )
+        p = self.base.prompts
+        final = FinalState(
+            image=self.base.image,
+            mask=self.base.current_mask,
+            ground_truth=self.gt.copy(),
+            points=p.points.copy(),
+            labels=p.labels.copy(),
+            box=None if p.box is None else p.box.copy(),
+            dice=self.steps[-1].dice,
+            turns=len(self.steps),
+        )
+        return record, final
+
+
+def run_episodes(
+    envs: Sequence[gym.Env],
+    policy: Policy,
+    specs: Sequence[EpisodeSpec],
+    nsd_tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
+) -> list[tuple[EpisodeRecord, FinalState]]:
+    """Play episodes in lockstep, one env each: every turn, one ``act_batch`` call for all the
+    episodes still running (one generate call for an LLM). NSD (at ``nsd_tolerance_mm``) and
+    HD95 after every turn. ``act`` time is the batch's time shared equally by its episodes.
+
+    A batch of one seeds the policy with the episode's seed, so a policy's episode does not
+    depend on the episodes before it; in a larger batch the policy is seeded with the first
+    episode's seed (exact for greedy decoding, the default of every MLLM policy).
+    """
+    if not specs or len(envs) != len(specs):
+        raise ValueError(f"{len(specs)} episodes for {len(envs)} envs")
+    policy.seed(specs[0].seed)
+    running = [_Episode(env, spec, nsd_tolerance_mm) for env, spec in zip(envs, specs, strict=True)]
+    while active := [e for e in running if not e.done]:
+        t0 = time.perf_counter()
+        if len(active) == 1:
+            actions = [policy.act(active[0].obs, active[0].info, active[0].env)]
+        else:
+            actions = policy.act_batch(
+                [e.obs for e in active], [e.info for e in active], [e.env for e in active]
+            )
+        act_s = (time.perf_counter() - t0) / len(active)
+        for episode, action in zip(active, actions, strict=True):
+            episode.step(action, act_s)
+    return [e.finish() for e in running]
+
+
+def run_episode(
+    env: gym.Env,
+    policy: Policy,
+    spec: EpisodeSpec,
+    nsd_tolerance_mm: float = metrics.NSD_TOLERANCE_MM,
+) -> tuple[EpisodeRecord, FinalState]:
+    """Play one episode to its end (``run_episodes`` with a batch of one)."""
+    return run_episodes([env], policy, [spec], nsd_tolerance_mm)[0]
 
 
 _SEGMENTERS: dict[str, Segmenter] = {}
@@ -154,22 +204,30 @@ class Resources:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self._envs: dict[tuple[str, str, int, str | None, str | None], gym.Env] = {}
+        self._envs: dict[tuple[str, str, int, str | None, str | None, int], gym.Env] = {}
 
     def policy(self, label: str) -> Policy:
         return self.plan.policies[label]
 
     def run(self, spec: EpisodeSpec) -> tuple[EpisodeRecord, FinalState]:
         """Play one planned episode."""
-        tol = self.plan.config.nsd_tolerance_mm
-        return run_episode(self.env(spec), self.policy(spec.policy), spec, tol)
+        return self.run_batch([spec])[0]
 
-    def env(self, spec: EpisodeSpec) -> gym.Env:
-        """The env of an episode: ``MedSeg-v0``, or its text form for a text policy."""
+    def run_batch(self, specs: Sequence[EpisodeSpec]) -> list[tuple[EpisodeRecord, FinalState]]:
+        """Play planned episodes of one policy in lockstep (``run_episodes``)."""
+        tol = self.plan.config.nsd_tolerance_mm
+        envs = [self.env(spec, slot) for slot, spec in enumerate(specs)]
+        return run_episodes(envs, self.policy(specs[0].policy), specs, tol)
+
+    def env(self, spec: EpisodeSpec, slot: int = 0) -> gym.Env:
+        """The env of an episode: ``MedSeg-v0``, or its text form for a text policy.
+
+        ``slot``: which of the envs of a lockstep batch (one per episode in it).
+        """
         policy = self.policy(spec.policy)
         protocol = policy.protocol if isinstance(policy, TextPolicy) else None
         images = policy.images if isinstance(policy, TextPolicy) else None
-        key = (spec.dataset, spec.segmenter, spec.budget, protocol, images)
+        key = (spec.dataset, spec.segmenter, spec.budget, protocol, images, slot)
         if key not in self._envs:
             env: gym.Env = MedSegEnv(
                 dataset=self.plan.datasets[spec.dataset],

@@ -26,7 +26,7 @@ import platform
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -45,7 +45,7 @@ from medseg_env.data import Dataset
 from . import report
 from .config import BenchConfig, BenchError, default_out_dir
 from .episode import FinalState, Resources, shared_segmenter
-from .plan import Plan, PolicySource, make_plan
+from .plan import EpisodeSpec, Plan, PolicySource, make_plan
 from .records import EpisodeKey, EpisodeRecord, Journal, atomic_write
 from .summary import summarize, summarize_timings
 
@@ -330,18 +330,21 @@ def _run_locked(
         dynamic_ncols=True,
     )
     try:
-        for spec in todo:
+        for batch in episode_batches(todo, plan):
+            spec = batch[0]
             bar.set_postfix_str(f"{spec.policy} {spec.sample_id}", refresh=False)
             try:
-                record, final = resources.run(spec)
+                results = resources.run_batch(batch)
             except Exception as err:
-                err.add_note(f"while running {spec.policy} on {spec.dataset}:{spec.sample_id}")
+                names = ", ".join(s.sample_id for s in batch)
+                err.add_note(f"while running {spec.policy} on {spec.dataset}:{names}")
                 raise
-            journal.append(record)
-            done[spec.key] = record
-            if spec.key in example_keys:
-                finals[spec.key] = final
-            bar.update(1)
+            for spec, (record, final) in zip(batch, results, strict=True):
+                journal.append(record)
+                done[spec.key] = record
+                if spec.key in example_keys:
+                    finals[spec.key] = final
+            bar.update(len(batch))
         bar.close()
         for key in example_list:  # resumed examples: replay them (deterministic)
             if key not in finals:
@@ -377,6 +380,29 @@ def _run_locked(
     )
     markdown = report.markdown_summary(rows, timings, plan.config)
     return BenchResult(out, plan.config, records, rows, resumed, len(todo), files, markdown)
+
+
+def episode_batches(todo: Sequence[EpisodeSpec], plan: Plan) -> list[list[EpisodeSpec]]:
+    """The episodes to run, in lockstep batches of one policy (``Policy.episode_batch``).
+
+    Policies with a batch of one keep the sample-major order; a batching policy's episodes of
+    one (dataset, segmenter, budget) are grouped, in sample order, ``episode_batch`` at a time.
+    """
+    batches: list[list[EpisodeSpec]] = []
+    open_batches: dict[tuple[str, str, str, int], list[EpisodeSpec]] = {}
+    for spec in todo:
+        size = max(1, int(getattr(plan.policies[spec.policy], "episode_batch", 1)))
+        if size == 1:
+            batches.append([spec])
+            continue
+        key = (spec.policy, spec.dataset, spec.segmenter, spec.budget)
+        group = open_batches.setdefault(key, [])
+        if not group:
+            batches.append(group)
+        group.append(spec)
+        if len(group) == size:
+            open_batches[key] = []
+    return batches
 
 
 def pick_examples(plan: Plan, n: int) -> list[EpisodeKey]:

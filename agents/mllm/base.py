@@ -33,6 +33,8 @@ class TextPolicy(Policy):
         temperature, top_p, max_tokens: sampling, per policy (0 temperature: greedy, as
             MedSAM-Agent evaluates).
         seed: seeds the policy's generator, from which sampled requests draw their seeds.
+        episode_batch: episodes the benchmark plays in lockstep, one ``generate`` call per
+            turn for all of them (see ``Policy.episode_batch``).
     """
 
     images: ClassVar[ImageFormat] = "pil"
@@ -45,8 +47,12 @@ class TextPolicy(Policy):
         top_p: float = 1.0,
         max_tokens: int = 128,
         seed: int | None = None,
+        episode_batch: int = 1,
     ) -> None:
         super().__init__(seed)
+        if not (isinstance(episode_batch, int) and episode_batch >= 1):
+            raise ValueError(f"episode_batch must be an int >= 1; got {episode_batch!r}")
+        self.episode_batch = episode_batch
         self.protocol = get_protocol(protocol).name
         if not (isinstance(temperature, int | float) and temperature >= 0):
             raise ValueError(f"temperature must be a number >= 0; got {temperature!r}")

@@ -39,7 +39,7 @@ class OpenAIChatPolicy(TextPolicy):
         model: the served model's name.
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (default: ``OPENAI_BASE_URL`` or OpenAI).
         api_key: default ``OPENAI_API_KEY``, else ``"EMPTY"`` (local servers ignore it).
-        protocol, temperature, top_p, max_tokens, seed: see ``TextPolicy``.
+        protocol, temperature, top_p, max_tokens, seed, episode_batch: see ``TextPolicy``.
         timeout: seconds per request.
         max_retries: retries of a failed request (back-off ``backoff · 2^k`` seconds).
         concurrency: requests in flight at once in ``act_batch``.
@@ -71,9 +71,15 @@ class OpenAIChatPolicy(TextPolicy):
         extra_body: dict[str, Any] | None = None,
         on_server_error: str = "raise",
         seed: int | None = None,
+        episode_batch: int = 8,
     ) -> None:
         super().__init__(
-            protocol, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+            protocol,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            episode_batch=episode_batch,
         )
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must name the served model; got {model!r}")

@@ -20,7 +20,7 @@ class TransformersPolicy(TextPolicy):
 
     Args:
         model: a model folder (or a hub name with ``local_files_only=False``).
-        protocol, temperature, top_p, max_tokens, seed: see ``TextPolicy``.
+        protocol, temperature, top_p, max_tokens, seed, episode_batch: see ``TextPolicy``.
         device: ``"cpu"``, ``"cuda"``...; dtype: ``"auto"`` or a torch dtype name.
         batch_size: conversations per ``generate`` call.
         local_files_only: no download unless this is False.
@@ -42,9 +42,15 @@ class TransformersPolicy(TextPolicy):
         batch_size: int = 8,
         local_files_only: bool = True,
         seed: int | None = None,
+        episode_batch: int = 8,
     ) -> None:
         super().__init__(
-            protocol, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+            protocol,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            episode_batch=episode_batch,
         )
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be an int >= 1; got {batch_size!r}")

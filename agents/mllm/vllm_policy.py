@@ -34,7 +34,7 @@ class VLLMPolicy(TextPolicy):
 
     Args:
         model: a Hugging Face model folder or hub name (vLLM's own rules for downloads apply).
-        protocol, temperature, top_p, max_tokens, seed: see ``TextPolicy``.
+        protocol, temperature, top_p, max_tokens, seed, episode_batch: see ``TextPolicy``.
         max_images: images per prompt (default: ``images_per_prompt(protocol, budget)``).
         budget: the turn budget of the episodes (sizes ``max_images``).
         engine: extra ``vllm.LLM`` keyword arguments (``tensor_parallel_size``,
@@ -56,9 +56,15 @@ class VLLMPolicy(TextPolicy):
         budget: int | None = None,
         engine: dict[str, Any] | None = None,
         seed: int | None = None,
+        episode_batch: int = 64,
     ) -> None:
         super().__init__(
-            protocol, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+            protocol,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            episode_batch=episode_batch,
         )
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a model folder or name; got {model!r}")

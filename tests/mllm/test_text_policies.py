@@ -162,3 +162,13 @@ def test_text_policy_options_are_checked() -> None:
     with pytest.raises(KeyError, match="unknown protocol 'nope'"):
         VLLMPolicy("m", protocol="nope")
     assert np.isfinite(VLLMPolicy("m").temperature)
+
+
+def test_lockstep_episodes_equal_one_by_one(tiny_vlm_dir: Path, tmp_path: Path) -> None:
+    """The benchmark's lockstep batches (one generate per turn) give the same episodes."""
+    runs = {}
+    for batch in (1, 3):
+        spec = f"transformers:model={tiny_vlm_dir},max_tokens=24,episode_batch={batch}"
+        out = _bench(tmp_path / f"b{batch}", spec, budget=3, limit=3)
+        runs[batch] = {r.sample_id: r.steps for r in Journal(out / "episodes.jsonl").load()}
+    assert len(runs[1]) == 3 and runs[1] == runs[3]
