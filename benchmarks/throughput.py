@@ -5,8 +5,10 @@
 Prints milliseconds per call (median over repeats) for: a cold reset (image encode), a warm
 reset (cached embedding), a box step (one decoder call), a click step after the box (one
 decoder call with the mask input; click-capable segmenters only), an invalid step (no model
-call), the per-step metrics, and the surface metrics the benchmark adds. Machines here are
-shared and noisy: compare ratios within one run, not absolute numbers across runs.
+call), the per-step metrics, the surface metrics the benchmark adds, and what the text env
+(``MedSeg-Text-v0``) adds to a reset and a box step, with PIL images and with data URLs.
+Machines here are shared and noisy: compare ratios within one run, not absolute numbers across
+runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from medseg_env.env import MedSegEnv, default_config
 from medseg_env.geometry import box_from_mask
 from medseg_env.metrics import dice_iou, hd95, nsd
 from medseg_env.segmenters import EmbeddingCache
+from medseg_env.wrappers.text_env import MedSegTextEnv
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -89,7 +92,48 @@ def measure(segmenter: str, repeats: int) -> dict[str, float]:
     results["hd95_ms"] = median_ms(lambda: hd95(mask, gt, (1.0, 1.0)), repeats)
     results["box_steps_per_s"] = 1000 / max(results["box_step_ms"], 1e-6)
     results["invalid_steps_per_s"] = 1000 / max(results["invalid_step_ms"], 1e-6)
+    results.update(measure_text(segmenter, repeats, cache, box, reset_ms, results["box_step_ms"]))
     return results
+
+
+def measure_text(
+    segmenter: str,
+    repeats: int,
+    cache: EmbeddingCache,
+    box: dict,
+    reset_ms: float,
+    box_ms: float,
+) -> dict[str, float]:
+    """What ``MedSeg-Text-v0`` adds: the reply's parse, the overlay image, the messages.
+
+    The same box as ``box_step_ms`` sent as ``medsam_agent`` reply text, with images as PIL
+    images and as PNG data URLs (what a server is sent). ``*_overhead_ms`` is the text step
+    minus the structured one, measured here in the same run.
+    """
+    out: dict[str, float] = {}
+    for images in ("pil", "data_url"):
+        env = MedSegTextEnv(
+            MedSegEnv(segmenter=segmenter, segmenter_kwargs={"cache": cache}),
+            "medsam_agent",
+            images=images,
+        )
+        env.reset(options={"sample_index": 0})
+        reply = env.render_action(box)
+
+        def reset_only(env: MedSegTextEnv = env) -> None:
+            env.reset(options={"sample_index": 0})
+
+        def run(env: MedSegTextEnv = env, reply: str = reply) -> None:
+            env.reset(options={"sample_index": 0})
+            env.step(reply)
+
+        reset = median_ms(reset_only, repeats)
+        step = median_ms(run, repeats) - reset
+        out[f"text_{images}_reset_ms"] = reset
+        out[f"text_{images}_box_step_ms"] = step
+        out[f"text_{images}_reset_overhead_ms"] = reset - reset_ms
+        out[f"text_{images}_step_overhead_ms"] = step - box_ms
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,13 +66,13 @@ class TransformersPolicy(TextPolicy):
             self.model_path, local_files_only=local_files_only
         )
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForImageTextToText.from_pretrained(
+        loaded: Any = AutoModelForImageTextToText.from_pretrained(
             self.model_path,
             dtype=torch_dtype,
             local_files_only=local_files_only,
             use_safetensors=True,
-        ).to(device)
-        self.model.eval()
+        )
+        self.model = loaded.to(device).eval()
         self._torch = torch
 
     def generate(self, conversations: Sequence[list[Message]]) -> list[str]:

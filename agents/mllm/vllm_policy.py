@@ -8,6 +8,7 @@ conversation can hold under the protocol's history mode.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -23,10 +24,9 @@ def images_per_prompt(protocol: str, budget: int | None = None) -> int:
     ``budget``: the episode's turn budget when it differs from the protocol's ``max_turns``.
     """
     proto = get_protocol(protocol)
-    turns = budget if budget is not None else proto.max_turns
-    if proto.history_turns is None:
-        return turns
-    return min(turns, proto.history_turns + 1)
+    if proto.history_turns is not None:  # a window: whatever the budget
+        return proto.history_turns + 1
+    return budget if budget is not None else proto.max_turns
 
 
 class VLLMPolicy(TextPolicy):
@@ -116,13 +116,14 @@ class VLLMPolicy(TextPolicy):
 
     def generate(self, conversations: Sequence[list[Message]]) -> list[str]:
         requests = self.build_requests(conversations)
-        try:
-            from vllm import LLM, SamplingParams
+        try:  # an optional dependency, without type information here
+            vllm: Any = importlib.import_module("vllm")
         except ImportError as exc:
             raise ImportError('VLLMPolicy needs vLLM: pip install "medseg-env[vllm]"') from exc
         if self._llm is None:
-            self._llm = LLM(**self.engine_kwargs())
-        outputs = self._llm.chat(requests, SamplingParams(**self.sampling_kwargs()), use_tqdm=False)
+            self._llm = vllm.LLM(**self.engine_kwargs())
+        params = vllm.SamplingParams(**self.sampling_kwargs())
+        outputs = self._llm.chat(requests, params, use_tqdm=False)
         return [output.outputs[0].text for output in outputs]
 
     def describe(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -186,14 +186,16 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
             _, reward, terminated, truncated, info = self._base.reject(reason, end=end)
         else:
             self._errors_in_row = 0
+            inner = cast(gym.Env[Any, A.Action], self.env)  # the wrapped env takes actions
             step_action = self.to_action(parsed.call) if executed else A.stop()
-            _, reward, terminated, truncated, info = self.env.step(step_action)
+            _, step_reward, terminated, truncated, info = inner.step(step_action)
+            reward = float(step_reward)
             if not executed:  # the protocol's budget ran out: the reply is recorded, not run
                 terminated, truncated = False, True
             elif parsed.stop_after and not (terminated or truncated):
                 # a later call of the reply stopped: MedSAM-Agent's RL loop ends the episode
-                _, stop_reward, terminated, truncated, info = self.env.step(A.stop())
-                reward += stop_reward
+                _, stop_reward, terminated, truncated, info = inner.step(A.stop())
+                reward += float(stop_reward)
         user, _ = self._turns[-1]
         self._turns[-1] = (user, {"role": "assistant", "content": action})
         if not (terminated or truncated):
@@ -297,9 +299,9 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
             gy = _apart(to_grid(np.array([first[1], max(last[1], first[1])]), height), grid)
             return ToolCall("add_bbox", {"bbox_2d": (gx[0], gy[0], gx[1], gy[1])})
         x, y = np.floor(frame.to_source(np.asarray(point, float) * size))
-        (gx,), (gy,) = to_grid(np.array([x]), width), to_grid(np.array([y]), height)
+        (px,), (py,) = to_grid(np.array([x]), width), to_grid(np.array([y]), height)
         kind_name = "positive" if kind == A.ActionKind.POSITIVE_CLICK else "negative"
-        return ToolCall("add_point", {"point_2d": (gx, gy), "point_type": kind_name})
+        return ToolCall("add_point", {"point_2d": (px, py), "point_type": kind_name})
 
     def render_action(self, action: A.Action) -> str:
         """The reply text that replays ``action`` under this protocol (trajectory export)."""

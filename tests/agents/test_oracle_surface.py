@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from medseg_agents import make_policy, registered_policies
+from medseg_agents import default_policies, make_policy
 from medseg_env import Oracle, actions
 
 
@@ -59,7 +59,7 @@ def test_the_env_oracle_is_the_typed_surface(env):
     assert oracle.prompts.box is None  # preview takes no turn
 
 
-@pytest.mark.parametrize("name", registered_policies())
+@pytest.mark.parametrize("name", default_policies())  # the MLLM ones: tests/mllm
 def test_every_shipped_policy_runs_through_wrappers(name, small_demo):
     env = gym.wrappers.RecordEpisodeStatistics(
         gym.make("MedSeg-v0", dataset=small_demo[:1], obs_size=64, max_turns=3)

@@ -123,9 +123,10 @@ def test_openai_policy_checks_its_options(bad: dict) -> None:
 def test_vllm_requests_are_built_without_vllm(small_demo: Dataset) -> None:
     policy = make_policy("vllm", model="Saint-lsy/MedSAM-Agent-Qwen3-VL-8B-MedSAM2")
     assert isinstance(policy, VLLMPolicy)
-    assert policy.max_images == images_per_prompt("medsam_agent") == 5
-    assert policy.engine_kwargs()["limit_mm_per_prompt"] == {"image": 5}
+    assert policy.max_images == images_per_prompt("medsam_agent") == 6  # 5 kept turns + now
+    assert policy.engine_kwargs()["limit_mm_per_prompt"] == {"image": 6}
     assert images_per_prompt("medsam_agent_rl", budget=8) == 8
+    assert images_per_prompt("medsam_agent_rl") == 5
     assert images_per_prompt("segagent") == 1
     assert policy.sampling_kwargs() == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 128}
     env = gym.make("MedSeg-Text-v0", dataset=small_demo, images="pil")
