@@ -74,7 +74,7 @@ import reprlib
 from typing import Any
 
 from .. import geometry
-from .protocol import TOOL_NAMES, ImageRule, ParsedReply, Protocol, ToolCall
+from .protocol import TOOL_NAMES, ImageRule, ParsedReply, Protocol, ToolCall, grid_integers
 
 TOOLS: tuple[dict[str, Any], ...] = (
     {
@@ -229,34 +229,15 @@ def _json_problem(err: Exception) -> str:
     return f"invalid JSON in <tool_call>: {detail}"
 
 
-def _render_coordinates(values: Any, key: str, count: int, frame: geometry.GridFrame) -> list[int]:
-    """Integer grid coordinates for a reply text; ``ValueError`` for a non-canonical value."""
-    if not isinstance(values, list | tuple) or len(values) != count:
-        raise ValueError(f"{key} needs {count} numbers; got {values!r}")
-    out = []
-    for value in values:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"{key} value {value!r} is not a finite number")
-        rounded = round(value)
-        if not 0 <= rounded <= frame.max_value:
-            raise ValueError(f"{key} value {value!r} outside 0..{frame.max_value}")
-        out.append(rounded)
-    return out
-
-
 def render_arguments(call: ToolCall, frame: geometry.GridFrame) -> dict[str, Any]:
     """The JSON arguments of a canonical call, coordinates rounded to integers."""
     if call.name == "add_bbox":
-        return {"bbox_2d": _render_coordinates(call.arguments.get("bbox_2d"), "bbox_2d", 4, frame)}
+        return {"bbox_2d": grid_integers(call.arguments.get("bbox_2d"), 4, "bbox_2d", frame)}
     if call.name == "add_point":
         point_type = call.arguments.get("point_type")
         if point_type not in _POINT_TYPES:
             raise ValueError(f"point_type must be 'positive' or 'negative'; got {point_type!r}")
-        point = _render_coordinates(call.arguments.get("point_2d"), "point_2d", 2, frame)
+        point = grid_integers(call.arguments.get("point_2d"), 2, "point_2d", frame)
         return {"point_2d": point, "point_type": point_type}
     if call.name == "stop_action":
         return {}

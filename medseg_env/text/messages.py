@@ -107,7 +107,7 @@ def to_data_url(image: Image.Image | np.ndarray) -> str:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # lossless; level 1 is ~10x faster
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -15,6 +15,7 @@ maps to an action inside the env's action space.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,29 @@ class ImageRule:
     upscale: bool = True
     resample: Literal["lanczos", "bilinear", "bicubic"] = "bicubic"
     tint_first: bool = False
+
+
+def grid_integers(values: object, count: int, key: str, frame: geometry.GridFrame) -> list[int]:
+    """``count`` grid coordinates as the integers a reply writes (for ``render``).
+
+    Raises ``ValueError`` naming ``key`` for a call that is not canonical: not ``count``
+    numbers, a bool, a non-finite value, or one off the grid once rounded.
+    """
+    if not isinstance(values, list | tuple) or len(values) != count:
+        raise ValueError(f"{key} needs {count} numbers; got {values!r}")
+    out = []
+    for value in values:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{key} value {value!r} is not a finite number")
+        rounded = round(value)
+        if not 0 <= rounded <= frame.max_value:
+            raise ValueError(f"{key} value {value!r} outside 0..{frame.max_value}")
+        out.append(rounded)
+    return out
 
 
 class Protocol(ABC):

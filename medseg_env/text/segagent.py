@@ -54,7 +54,7 @@ import math
 import re
 
 from .. import geometry
-from .protocol import ImageRule, ParsedReply, Protocol, ToolCall
+from .protocol import ImageRule, ParsedReply, Protocol, ToolCall, grid_integers
 
 USER_TEXT = (
     "Please optimize the semi-transparent green mask in a point-wise manner based on the "
@@ -159,30 +159,12 @@ class SegAgentProtocol(Protocol):
             kind = call.arguments.get("point_type")
             if kind not in ("positive", "negative"):
                 raise ValueError(f"point_type must be 'positive' or 'negative'; got {kind!r}")
-            x, y = _rounded(call.arguments.get("point_2d"), 2, "point_2d", self.frame)
+            x, y = grid_integers(call.arguments.get("point_2d"), 2, "point_2d", self.frame)
             return f"{kind.capitalize()} point: ({y}, {x})"
         if call.name == "add_bbox":
             frame = self.box_frame or self.frame
-            x1, y1, x2, y2 = _rounded(call.arguments.get("bbox_2d"), 4, "bbox_2d", frame)
+            x1, y1, x2, y2 = grid_integers(call.arguments.get("bbox_2d"), 4, "bbox_2d", frame)
             return f"<box>({x1},{y1}),({x2},{y2})</box>"
         if call.name == "stop_action":
             return "Finish"
         raise ValueError(f"unknown tool {call.name!r}")
-
-
-def _rounded(values: object, count: int, key: str, frame: geometry.GridFrame) -> list[int]:
-    if not isinstance(values, list | tuple) or len(values) != count:
-        raise ValueError(f"{key} needs {count} numbers; got {values!r}")
-    out = []
-    for value in values:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"{key} value {value!r} is not a finite number")
-        rounded = round(value)
-        if not 0 <= rounded <= frame.max_value:
-            raise ValueError(f"{key} value {value!r} outside 0..{frame.max_value}")
-        out.append(rounded)
-    return out
