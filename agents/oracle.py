@@ -119,6 +119,11 @@ class HybridExpert(Policy):
     IoU 0). On a click-only segmenter there is no box and the first action is a click, checked
     like every correction.
 
+    MedSAM-Agent generates trajectories in two styles, picked with ``first``: ``"box"`` (the
+    default: box first, then corrective clicks, as above) and ``"click"`` (click sequences:
+    never a box, every action a progress-checked click from the empty mask on; on a box-only
+    segmenter that leaves nothing to send, so the expert stops at once).
+
     Then each turn: stop if the IoU (``info["iou"]``) is at least ``target_iou``; otherwise draw
     up to ``max_tries`` candidates — a ``hybrid_click`` in the largest error region where the
     segmenter takes points, else a box refinement (a ground-truth box with the smaller,
@@ -139,6 +144,7 @@ class HybridExpert(Policy):
         target_iou: stop once the IoU reaches this (0.9).
         depth_ratio: click candidates are the pixels of the largest error region at least this
             fraction as deep as its deepest pixel (0.5; see ``hybrid_click``).
+        first: ``"box"`` (box first, then corrective clicks) or ``"click"`` (clicks only).
         seed: seeds ``self.rng``.
     """
 
@@ -153,9 +159,12 @@ class HybridExpert(Policy):
         max_tries: int = 5,
         target_iou: float = 0.9,
         depth_ratio: float = 0.5,
+        first: str = "box",
         seed: int | None = None,
     ) -> None:
         super().__init__(seed)
+        if first not in ("box", "click"):
+            raise ValueError(f"first must be 'box' or 'click'; got {first!r}")
         if box_jitter_frac < 0 or refine_jitter_frac < 0:
             raise ValueError("jitter fractions must be >= 0")
         if max_tries < 1:
@@ -168,12 +177,13 @@ class HybridExpert(Policy):
         self.max_tries = max_tries
         self.target_iou = target_iou
         self.depth_ratio = depth_ratio
+        self.first = first
 
     def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> Action:
         oracle = self._oracle(env)
         gt = np.asarray(oracle.ground_truth, dtype=bool)
         can_click = oracle.supports("point")
-        can_box = oracle.supports("box")
+        can_box = oracle.supports("box") and self.first == "box"
         if int(info.get("num_prompts", 0)) == 0 and can_box:
             return oracle_box_action(
                 gt, self.rng, jitter_frac=self.box_jitter_frac, min_side=oracle.min_box_size

@@ -8,9 +8,11 @@ Usage::
                      [--obs-size PX] [--nsd-tolerance MM] [--out DIR] [--examples N]
                      [--no-plots] [--no-progress]
     medseg-bench compare DIR_A DIR_B   # Markdown table of two result folders
+    medseg-bench export-sft [...]      # expert trajectories -> SFT chat datasets (export_sft)
     medseg-bench list                  # known policies, datasets and segmenters
 
-Exit status: 0 done, 2 bad input (nothing written), 130 interrupted (re-run to resume).
+Exit status: 0 done, 2 bad input (nothing written), 130 interrupted (re-run to resume);
+``export-sft``: 1 when its replay check fails.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .config import (
 )
 from .summary import ALL
 
-COMMANDS = ("run", "compare", "list")
+COMMANDS = ("run", "compare", "list", "export-sft")
 
 
 def _budgets(values: Sequence[str]) -> tuple[int, dict[str, int]]:
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("dir_a")
     compare.add_argument("dir_b")
     sub.add_parser("list", help="list known policies, datasets and segmenters")
+    from .export_sft import add_parser as add_export_sft
+
+    add_export_sft(sub)
     return parser
 
 
@@ -196,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "list":
             return _list()
+        if args.command == "export-sft":
+            from .export_sft import run_cli
+
+            return run_cli(args)
         return _run(args)
     except BenchError as err:
         print(f"medseg-bench: error: {err}", file=sys.stderr)
