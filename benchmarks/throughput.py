@@ -136,12 +136,81 @@ def measure_text(
     return out
 
 
+# Backends without shipped weights run as random-initialised models of their real architecture:
+# the same layers at the same input size, so the same speed (never their masks).
+RANDOM_INIT = {
+    "sam": {"allow_random_init": True},
+    "medsam": {"allow_random_init": True},
+    "sam2": {"allow_random_init": True},
+    "medsam2": {"allow_random_init": True},
+}
+
+
+def backend_table(repeats: int, names: list[str] | None = None) -> list[dict[str, object]]:
+    """Per registered backend, in one run: encode, box predict and click predict times.
+
+    On one MR demo sample; the click follows the box with its logits as mask input, as the
+    env's click turns do. ``predict`` is the step's cost: the env adds well under 5 %.
+    """
+    from medseg_env.data import demo_dataset
+    from medseg_env.segmenters import Prompts, make_segmenter, registered_segmenters
+
+    sample = next(s for s in demo_dataset() if s.modality == "MR")
+    rows, cols = sample.mask.nonzero()
+    box = Prompts().with_box([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+    table = []
+    for name in names or registered_segmenters():
+        seg = make_segmenter(name, cache=EmbeddingCache(), **RANDOM_INIT.get(name, {}))
+        encode_ms = median_ms(lambda seg=seg: seg._encode(sample.image), max(1, repeats // 5))
+        emb = seg.encode(sample.image)
+        first = seg.predict(emb, box) if seg.supports("box") else None
+        row: dict[str, object] = {
+            "backend": name,
+            "prompts": "+".join(sorted(seg.prompt_kinds)),
+            "input": getattr(seg, "input_size", getattr(seg, "work_size", None)),
+            "encode_ms": encode_ms,
+            "box_ms": median_ms(lambda seg=seg, emb=emb: seg.predict(emb, box), repeats)
+            if first is not None
+            else None,
+        }
+        if seg.supports("point"):
+            click = Prompts().with_point(float(cols.mean()) + 0.5, float(rows.mean()) + 0.5, True)
+            prompts = box.with_point(*click.points[0], True) if first is not None else click
+            logits = None if first is None else first.logits
+
+            def click_step(seg=seg, emb=emb, prompts=prompts, logits=logits) -> None:
+                seg.predict(emb, prompts, logits)
+
+            row["click_ms"] = median_ms(click_step, repeats)
+        table.append(row)
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--segmenter", default=default_config()["segmenter"])
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--backends",
+        action="store_true",
+        help="instead: one row per registered backend (encode, box and click predict ms)",
+    )
     args = parser.parse_args(argv)
+    if args.backends:
+        rows = backend_table(args.repeats)
+        print("| backend | prompts | input px | encode ms | box ms | click ms |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            cells = [r.get(k) for k in ("encode_ms", "box_ms", "click_ms")]
+            text = ["–" if v is None else f"{v:.1f}" for v in cells]
+            print(
+                f"| `{r['backend']}` | {r['prompts']} | {r['input']} | " + " | ".join(text) + " |"
+            )
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(rows, handle, indent=2, sort_keys=True)
+        return
     results = measure(args.segmenter, args.repeats)
     meta = {
         "segmenter": args.segmenter,

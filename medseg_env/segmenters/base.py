@@ -45,6 +45,17 @@ class Segmenter(ABC):
         """Names the model and its weights; part of every cache key."""
         return self.name
 
+    @property
+    def mask_input_shape(self) -> tuple[int, int] | None:
+        """``(h, w)`` of every ``Prediction.logits`` (``(1, 1, h, w)``), which ``predict`` takes
+        back as ``previous_logits``; None where it is not fixed.
+
+        By default the prompt encoder's ``mask_input_size`` of SAM-style backends (256×256);
+        other backends override it.
+        """
+        size = getattr(getattr(self, "prompt_encoder", None), "mask_input_size", None)
+        return None if size is None else (int(size[0]), int(size[1]))
+
     def supports(self, kind: str) -> bool:
         return kind in self.prompt_kinds
 

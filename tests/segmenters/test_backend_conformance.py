@@ -31,6 +31,9 @@ TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn": (1,)}
 TEST_OPTIONS = {
     "sam": {"model_type": TINY, "image_size": 256, "allow_random_init": True},
     "medsam": {"model_type": TINY, "image_size": 256, "allow_random_init": True},
+    # SAM 2.1 hiera-tiny with random weights, at a 128-pixel input to stay fast on CPUs
+    "sam2": {"image_size": 128, "allow_random_init": True},
+    "medsam2": {"image_size": 128, "allow_random_init": True},
 }
 BACKENDS = registered_segmenters()
 
@@ -40,7 +43,7 @@ def build(name: str, **kw) -> Segmenter:
 
 
 def test_every_shipped_backend_is_in_the_suite():
-    assert {"litemedsam", "litemedsam_clicks", "sam", "medsam"} <= set(BACKENDS)
+    assert {"litemedsam", "litemedsam_clicks", "sam", "medsam", "classical"} <= set(BACKENDS)
     assert set(TEST_OPTIONS) <= set(BACKENDS)
 
 
@@ -67,9 +70,10 @@ def test_encode_predict_contract(name, sample, backends):
         prompts = prompts.with_point(c + 0.5, r + 0.5, True)
     first = seg.predict(emb, prompts)
     assert first.mask.shape == sample.mask.shape and first.mask.dtype == bool
-    # low-res logits at SAM's mask-input size (4x the embedding grid), fed back next turn
-    assert tuple(first.logits.shape[2:]) == tuple(seg.prompt_encoder.mask_input_size)
-    assert first.logits.shape[:2] == (1, 1) and np.isfinite(first.score)
+    # (1, 1, h, w) float logits at the size the backend declares, fed back next turn
+    assert seg.mask_input_shape is not None
+    assert tuple(first.logits.shape) == (1, 1, *seg.mask_input_shape)
+    assert first.logits.dtype == torch.float32 and np.isfinite(first.score)
     # deterministic, and the previous logits are accepted as mask input
     np.testing.assert_array_equal(seg.predict(emb, prompts).mask, first.mask)
     second = seg.predict(emb, prompts, first.logits)
@@ -79,10 +83,58 @@ def test_encode_predict_contract(name, sample, backends):
     assert seg.encoder_calls == calls + 1
 
 
+def _prompts(seg: Segmenter, mask: np.ndarray) -> Prompts:
+    """The ground-truth box where the backend takes boxes, plus a click on the target."""
+    prompts = Prompts(box=mask_box(mask)) if seg.supports("box") else Prompts()
+    if seg.supports("point"):
+        r, c = np.argwhere(mask)[len(np.argwhere(mask)) // 2]
+        prompts = prompts.with_point(c + 0.5, r + 0.5, True)
+    return prompts
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_cached_embeddings_give_identical_outputs(name, sample, backends, tmp_path):
+    """A fresh embedding, the memory cache's and the disk cache's give the same prediction."""
+    seg = backends[name]
+    prompts = _prompts(seg, sample.mask)
+    fresh = seg.predict(seg._encode(sample.image), prompts)
+    kept = seg.cache
+    try:
+        seg.cache = EmbeddingCache(disk_dir=tmp_path)
+        memory = seg.predict(seg.encode(sample.image), prompts)
+        seg.cache = EmbeddingCache(disk_dir=tmp_path)  # a new process: read back from disk
+        calls = seg.encoder_calls
+        disk = seg.predict(seg.encode(sample.image), prompts)
+        assert seg.encoder_calls == calls and seg.cache.hits == 1
+    finally:
+        seg.cache = kept
+    for other in (memory, disk):
+        torch.testing.assert_close(other.logits, fresh.logits, rtol=0, atol=0)
+        np.testing.assert_array_equal(other.mask, fresh.mask)
+        assert other.score == fresh.score
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_previous_logits_are_honoured(name, sample, backends):
+    """Logits fed back are taken as the previous mask: another previous mask, another result."""
+    seg = backends[name]
+    emb = seg.encode(sample.image)
+    prompts = _prompts(seg, sample.mask)
+    first = seg.predict(emb, prompts)
+    again = seg.predict(emb, prompts, first.logits)
+    assert again.mask.shape == sample.mask.shape and again.mask.dtype == bool
+    assert again.logits.shape == first.logits.shape
+    inverted = seg.predict(emb, prompts, -first.logits)
+    assert not torch.equal(inverted.logits, again.logits)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_declared_prompt_kinds_are_enforced(name, sample, backends):
     seg = backends[name]
     emb = seg.encode(sample.image)
+    assert seg.prompt_kinds and seg.prompt_kinds <= {"box", "point"}
+    for kind in ("box", "point"):
+        assert seg.supports(kind) == (kind in seg.prompt_kinds)  # the env's action mask
     for kind, prompts in (
         ("point", Prompts().with_point(5.0, 5.0, True)),
         ("box", Prompts(box=np.array([2, 2, 30, 30], np.float32))),
@@ -99,6 +151,7 @@ def test_expected_prompt_kinds(backends):
     assert backends["litemedsam_clicks"].prompt_kinds == {"box", "point"}
     assert backends["sam"].prompt_kinds == {"box", "point"}
     assert backends["medsam"].prompt_kinds == {"box"}
+    assert backends["classical"].prompt_kinds == {"box", "point"}
 
 
 def test_sam_checkpoint_round_trip(tmp_path, sample, backends):
