@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 import medseg_env  # noqa: F401  (registers the envs)
@@ -153,32 +154,49 @@ def backend_table(repeats: int, names: list[str] | None = None) -> list[dict[str
     env's click turns do. ``predict`` is the step's cost: the env adds well under 5 %.
     """
     from medseg_env.data import demo_dataset
-    from medseg_env.segmenters import Prompts, make_segmenter, registered_segmenters
+    from medseg_env.segmenters import (
+        Embedding,
+        Prompts,
+        Segmenter,
+        make_segmenter,
+        registered_segmenters,
+    )
 
     sample = next(s for s in demo_dataset() if s.modality == "MR")
     rows, cols = sample.mask.nonzero()
-    box = Prompts().with_box([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+    edges = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32)
+    box = Prompts().with_box(edges)
+    cx, cy = float(cols.mean()) + 0.5, float(rows.mean()) + 0.5
     table = []
     for name in names or registered_segmenters():
         seg = make_segmenter(name, cache=EmbeddingCache(), **RANDOM_INIT.get(name, {}))
-        encode_ms = median_ms(lambda seg=seg: seg._encode(sample.image), max(1, repeats // 5))
+
+        def encode(seg: Segmenter = seg) -> None:
+            seg._encode(sample.image)
+
         emb = seg.encode(sample.image)
         first = seg.predict(emb, box) if seg.supports("box") else None
+
+        def box_step(seg: Segmenter = seg, emb: Embedding = emb) -> None:
+            seg.predict(emb, box)
+
         row: dict[str, object] = {
             "backend": name,
             "prompts": "+".join(sorted(seg.prompt_kinds)),
             "input": getattr(seg, "input_size", getattr(seg, "work_size", None)),
-            "encode_ms": encode_ms,
-            "box_ms": median_ms(lambda seg=seg, emb=emb: seg.predict(emb, box), repeats)
-            if first is not None
-            else None,
+            "encode_ms": median_ms(encode, max(1, repeats // 5)),
+            "box_ms": None if first is None else median_ms(box_step, repeats),
         }
         if seg.supports("point"):
-            click = Prompts().with_point(float(cols.mean()) + 0.5, float(rows.mean()) + 0.5, True)
-            prompts = box.with_point(*click.points[0], True) if first is not None else click
+            prompts = (box if first is not None else Prompts()).with_point(cx, cy, True)
             logits = None if first is None else first.logits
 
-            def click_step(seg=seg, emb=emb, prompts=prompts, logits=logits) -> None:
+            def click_step(
+                seg: Segmenter = seg,
+                emb: Embedding = emb,
+                prompts: Prompts = prompts,
+                logits: torch.Tensor | None = logits,
+            ) -> None:
                 seg.predict(emb, prompts, logits)
 
             row["click_ms"] = median_ms(click_step, repeats)
