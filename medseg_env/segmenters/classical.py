@@ -35,9 +35,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
+
+try:
+    import cv2
+except ImportError:  # the package imports without it; building this backend then says why
+    cv2 = None  # type: ignore[assignment]
 
 from .base import Segmenter
 from .cache import EmbeddingCache
@@ -156,6 +160,10 @@ class Classical(Segmenter):
         seed: int = 0,
         cache: EmbeddingCache | None = None,
     ) -> None:
+        if cv2 is None:
+            raise ImportError(
+                "the classical segmenter needs OpenCV: pip install opencv-python-headless"
+            )
         super().__init__(cache)
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
