@@ -1,0 +1,414 @@
+"""``MedSegToolEnv``: ``MedSeg-Text-v0`` as an ``environment_factory`` of TRL 1.16's GRPOTrainer.
+
+TRL's contract (``trl/trainer/grpo_trainer.py``, 1.16.0): the trainer calls the factory with no
+argument for every concurrent rollout (instances are pooled and reused), lists the *public
+functions* of the class (``inspect.getmembers(cls, inspect.isfunction)``, minus ``reset``,
+``get_reward`` and names starting with ``_``) as the model's tools, and renders their JSON
+schemas (``transformers.utils.get_json_schema``: type hints and Google docstrings) into the chat
+template's ``tools``. Before generation it calls ``reset(**row)`` with every column of the
+dataset row and appends the returned content to the row's last (user) message. When a reply
+holds ``<tool_call>``s it calls the methods with the parsed arguments; a method that returns a
+list of content parts (``{"type": "image", "image": PIL}``, ``{"type": "text", ...}``) becomes a
+``{"role": "tool", "content": [...]}`` message whose images reach both the next generation and
+the training forward pass. ``get_reward()`` (no arguments) is one more reward function, weight 1,
+appended after the ones passed as ``reward_funcs``.
+
+Here the three public methods are MedSAM-Agent's tools, ``add_bbox(bbox_2d)``,
+``add_point(point_2d, point_type)`` and ``stop_action()``, with its descriptions. Every call is
+rendered as the reply text Qwen's template writes for it (``<tool_call>\\n{"name": ...,
+"arguments": ...}\\n</tool_call>``) and sent to ``MedSegTextEnv.step``: one path, so the
+protocol's parser checks the arguments (a bad value, a missing or extra key, takes the env's
+invalid-action path, ``MedSegEnv.reject``), the protocol's rules decide what a malformed reply or
+the last turn does, and the env computes the reward (preset ``medsam_agent`` by default). The
+result is the next turn's user content of the text env (the new overlay and the protocol's
+later-turn text), or a short text once the episode is over.
+
+**Where TRL's loop differs from MedSAM-Agent's** (``RL-verl``: its agent loop and tools):
+
+- *Overlay message*: TRL returns a tool result as a ``tool`` message; Qwen's template renders
+  it ``<|im_start|>user\\n<tool_response>\\n<image>text\\n</tool_response><|im_end|>``, where
+  MedSAM-Agent appends a plain user message (image + text).
+- *System prompt*: the chat template writes the tools section from these methods (Qwen's "You
+  may call one or more functions" wording; ``get_json_schema`` cannot express the released
+  schemas' ``minItems``/``maxItems``, the parser still checks the lengths), so ``grpo_rows``
+  puts only the part of the protocol's system prompt before its own ``# Tools`` section.
+- *Turn limits*: TRL bounds tool rounds (``max_tool_calling_iterations``), not replies, and
+  keeps generating after the episode has ended (stop, a rejected call) while the model calls
+  tools; those calls get a text-only "episode is over" result and their tokens are trained with
+  the episode's reward. ``tool_rounds(protocol)`` gives the bound that makes the number of
+  replies the protocol's (``medsam_agent_rl``: 4 rounds, so 5 replies, the 5th never executed).
+  ``max_completion_length`` counts every turn's tokens, the overlays' image tokens included; a
+  tool result that would overflow it is dropped by TRL *after* the env ran the call.
+- *Malformed replies*: a reply TRL's parser cannot read as a tool call ends TRL's rollout as the
+  final answer, never reaching a tool. The reward functions below hand that last reply to the
+  text env first (``_finish``), so it takes the invalid path and is charged, as MedSAM-Agent
+  charges it; they must run before ``get_reward`` (TRL runs ``reward_funcs`` first, in order:
+  use ``reward_setup()``). A call of an unknown tool gets TRL's error message and the env
+  never sees it. TRL runs *every* call of a reply (each one turn here); MedSAM-Agent runs the
+  first and ends the episode if any is ``stop_action``. TRL's parser types the arguments by the
+  schema (``"7"`` becomes ``7``) before the protocol sees them.
+- A rollout that stops with the episode still open (TRL's token budget, a dropped tool
+  result) is closed with the env's stop action, without a format charge.
+
+``medseg_agents.rl.trl_rollout`` runs MedSAM-Agent's exact loop through TRL's ``rollout_func``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import gymnasium as gym
+
+from medseg_env import actions as A
+from medseg_env.env import MedSegEnv
+from medseg_env.text import Protocol, get_protocol
+from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
+
+EPISODE_OVER_TEXT = "The episode is over: no further action is taken."
+"""The tool result of a call made after the episode ended (TRL keeps the rollout going)."""
+
+Content = list[dict[str, Any]]
+
+
+def render_call(name: str, arguments: Mapping[str, Any]) -> str:
+    """The reply text of one tool call, as Qwen's chat template writes an assistant tool call.
+
+    Values that JSON cannot hold are written as their ``repr`` string (the protocol then
+    rejects them as not a number).
+    """
+    payload = json.dumps({"name": name, "arguments": dict(arguments)}, default=repr)
+    return "<tool_call>\n" + payload + "\n</tool_call>"
+
+
+def reply_text(message: Mapping[str, Any]) -> str:
+    """The text of an assistant message as TRL parsed it: its content, then its tool calls.
+
+    TRL keeps a reply it could parse as ``{"content": ..., "tool_calls": [...]}``; this writes
+    it back as Qwen's template does, so the protocol parses the same calls.
+    """
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+    parts = [str(content)] if content else []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call) if isinstance(call, Mapping) else {}
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                arguments = {"_raw": arguments}
+        parts.append(render_call(str(function.get("name", "")), arguments))
+    return "\n".join(parts)
+
+
+def _tool(method: Callable[..., Any]) -> Callable[..., Content]:
+    """A tool whose schema is ``method``'s signature and docstring, called with any arguments.
+
+    Python would refuse a call with a missing or unknown keyword before the method ran, and
+    TRL would answer with its own error; here every call reaches the protocol's parser.
+    """
+    name = method.__name__
+    params = list(inspect.signature(method).parameters)[1:]
+
+    @functools.wraps(method)
+    def call(self: MedSegToolEnv, *args: Any, **kwargs: Any) -> Content:
+        arguments = dict(zip(params, args, strict=False)) | kwargs
+        return self._call(name, arguments)
+
+    return call
+
+
+class MedSegToolEnv:
+    """One ``MedSeg-Text-v0`` episode per rollout, driven by tool calls (TRL's environment).
+
+    Args:
+        text_env: the text env to drive; by default ``make_text_env(protocol, images="pil",
+            reward=reward, **env_options)``.
+        protocol: the text protocol (default ``"medsam_agent_rl"``, MedSAM-Agent's training path).
+        reward: the env's reward (default ``"medsam_agent"``, the paper's episode reward).
+        env_options: more ``MedSeg-v0`` options (``dataset``, ``segmenter``...).
+
+    Public attributes for logging (properties, so TRL does not list them as tools):
+    ``episode_reward`` (the sum of the env's rewards), ``dice``, ``format_ok`` (no invalid
+    turn, the ``medsam_agent`` preset's format term), ``num_replies``, ``num_malformed``,
+    ``episode_over``, ``info`` (the last step's), ``text_env``.
+    """
+
+    def __init__(
+        self,
+        text_env: MedSegTextEnv | None = None,
+        *,
+        protocol: str | Protocol = "medsam_agent_rl",
+        reward: Any = "medsam_agent",
+        **env_options: Any,
+    ) -> None:
+        if text_env is None:
+            text_env = make_text_env(protocol, images="pil", reward=reward, **env_options)
+        elif env_options:
+            raise TypeError("give either text_env or env options, not both")
+        if text_env.images != "pil":
+            raise ValueError("TRL needs PIL images: build the text env with images='pil'")
+        self._text = text_env
+        self._started = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self._info: dict[str, Any] = {}
+        self._return = 0.0
+        self._over = False
+        self._finished = False
+        self._calls = 0
+        self._replies = 0
+        self._malformed = 0
+        self._invalid = 0
+
+    # ------------------------------------------------------------------ TRL's contract
+    def reset(self, **row: Any) -> Content:
+        """Start the episode the dataset row names; return the first user content.
+
+        Reads ``sample_index`` or ``sample_id`` (else a random sample) and ``seed`` (else
+        none) from the row; other columns are ignored. Returns ``[image part, text part]``:
+        the plain image and the protocol's first-turn text, which TRL appends to the row's
+        last message.
+        """
+        options = {k: row[k] for k in ("sample_index", "sample_id") if row.get(k) is not None}
+        seed = row.get("seed")
+        messages, info = self._text.reset(
+            seed=None if seed is None else int(seed), options=options or None
+        )
+        self._clear()
+        self._started = True
+        self._info = info
+        return _copy_content(messages[-1]["content"])
+
+    @_tool
+    def add_bbox(self, bbox_2d: list[int]):
+        """Add a bounding box to initialize or refine the segmentation.
+
+        Args:
+            bbox_2d: 2D bounding box in [x1, y1, x2, y2] format
+        """
+
+    @_tool
+    def add_point(self, point_2d: list[int], point_type: str):
+        """Add a point to refine the mask (positive to include areas, negative to exclude areas).
+
+        Args:
+            point_2d: 2D coordinate point in [x, y] format, with x and y in range [0, 999]
+            point_type: Type of point: 'positive' to expand mask, 'negative' to refine mask (choices: ["positive", "negative"])
+        """  # noqa: E501
+
+    @_tool
+    def stop_action(self):
+        """Stop the refinement process when the mask accurately covers the target object."""
+
+    def get_reward(self) -> float:
+        """The episode's reward: the sum of the env's rewards (closing an open episode first)."""
+        self._finish(None)
+        return float(self._return)
+
+    # ------------------------------------------------------------------ read-outs
+    @property
+    def text_env(self) -> MedSegTextEnv:
+        return self._text
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    @property
+    def episode_over(self) -> bool:
+        return self._over
+
+    @property
+    def episode_reward(self) -> float:
+        return float(self._return)
+
+    @property
+    def dice(self) -> float:
+        return float(self._info.get("dice", 0.0))
+
+    @property
+    def format_ok(self) -> bool:
+        return self._invalid == 0
+
+    @property
+    def num_replies(self) -> int:
+        return self._replies
+
+    @property
+    def num_malformed(self) -> int:
+        return self._malformed
+
+    # ------------------------------------------------------------------ the one path
+    def _call(self, name: str, arguments: Mapping[str, Any]) -> Content:
+        """A tool call: its reply text through the text env; the next turn's content."""
+        if not self._started:
+            raise RuntimeError("call reset() before a tool")
+        self._calls += 1
+        return self._reply(render_call(name, arguments))
+
+    def _reply(self, text: str) -> Content:
+        """A raw reply through the text env; the next turn's content (or the end's text)."""
+        if self._over:
+            return [{"type": "text", "text": EPISODE_OVER_TEXT}]
+        messages = self._step_reply(text)
+        if self._over:
+            return [{"type": "text", "text": EPISODE_OVER_TEXT}]
+        return _copy_content(messages[-1]["content"])
+
+    def _step_reply(self, text: str) -> list[dict[str, Any]]:
+        messages, reward, terminated, truncated, info = self._text.step(text)
+        self._record(float(reward), info)
+        self._replies += 1
+        if info["parsed"]["call"] is None:
+            self._malformed += 1
+        self._over = bool(terminated or truncated)
+        return messages
+
+    def _record(self, reward: float, info: dict[str, Any]) -> None:
+        self._return += reward
+        self._info = info
+        if info.get("invalid_action") is not None:
+            self._invalid += 1
+
+    def _finish(self, completion: Sequence[Mapping[str, Any]] | None) -> None:
+        """End the episode once the rollout is over (idempotent; reward functions call it).
+
+        A last reply that no tool ran (no call TRL could parse, or the tool-round limit) goes
+        to the text env, so the protocol judges it. An episode still open after that (TRL's
+        token budget ran out, or it dropped a tool result after the env ran the call) ends
+        with the env's stop action.
+        """
+        if not self._started or self._finished:
+            return
+        self._finished = True
+        if not self._over and completion:
+            shown = sum(
+                1
+                for m in completion
+                if m.get("role") == "tool" and isinstance(m.get("content"), list)
+            )
+            last = completion[-1]
+            if last.get("role") == "assistant" and self._calls <= shown:
+                self._step_reply(reply_text(last))
+        if not self._over:
+            inner = cast(gym.Env[Any, A.Action], self._text.env)  # the env under the text env
+            _, reward, terminated, truncated, info = inner.step(A.stop())
+            self._record(float(reward), info)
+            self._over = bool(terminated or truncated)
+
+
+def _copy_content(content: Any) -> Content:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [dict(part) for part in content]
+
+
+# ---------------------------------------------------------------------- reward functions
+def _scores(
+    completions: Sequence[Any],
+    environments: Sequence[MedSegToolEnv] | None,
+    score: Callable[[MedSegToolEnv], float],
+) -> list[float]:
+    if environments is None:
+        raise ValueError("these reward functions need TRL's environments (environment_factory)")
+    out = []
+    for completion, env in zip(completions, environments, strict=True):
+        env._finish(completion if isinstance(completion, list) else None)
+        out.append(float(score(env)))
+    return out
+
+
+def format_reward(
+    completions: Sequence[Any], environments: Sequence[MedSegToolEnv] | None = None, **_: Any
+) -> list[float]:
+    """1 when no turn of the episode was invalid (the ``medsam_agent`` format term), else 0."""
+    return _scores(completions, environments, lambda env: float(env.format_ok))
+
+
+def dice_reward(
+    completions: Sequence[Any], environments: Sequence[MedSegToolEnv] | None = None, **_: Any
+) -> list[float]:
+    """The Dice of the episode's final mask."""
+    return _scores(completions, environments, lambda env: env.dice)
+
+
+def episode_reward(
+    completions: Sequence[Any], environments: Sequence[MedSegToolEnv] | None = None, **_: Any
+) -> list[float]:
+    """The env's episode reward (what ``get_reward`` returns), as a named reward function."""
+    return _scores(completions, environments, lambda env: env.episode_reward)
+
+
+def reward_setup() -> tuple[list[Any], list[float]]:
+    """``(reward_funcs, reward_weights)`` for ``GRPOTrainer``/``GRPOConfig``.
+
+    Format and Dice are logged with weight 0 (``rewards/format_reward/mean``...), and run
+    before ``get_reward``, which TRL appends with weight 1: the reward is the env's.
+    """
+    return [format_reward, dice_reward], [0.0, 0.0]
+
+
+# ---------------------------------------------------------------------- set-up helpers
+def tool_env_factory(**options: Any) -> Callable[[], MedSegToolEnv]:
+    """A factory for ``environment_factory=``: instances share the first one's segmenter."""
+    shared: dict[str, Any] = {}
+
+    def factory() -> MedSegToolEnv:
+        kwargs = dict(options)
+        if "segmenter" in shared and "text_env" not in kwargs:
+            kwargs.setdefault("segmenter", shared["segmenter"])
+        env = MedSegToolEnv(**kwargs)
+        shared.setdefault("segmenter", cast(MedSegEnv, env.text_env.unwrapped).segmenter)
+        return env
+
+    return factory
+
+
+def tool_system_prompt(protocol: str | Protocol = "medsam_agent_rl") -> str:
+    """The protocol's system prompt without its own tools section (the template writes one)."""
+    text = get_protocol(protocol).system_prompt
+    return text.split("\n\n# Tools", 1)[0]
+
+
+def tool_rounds(protocol: str | Protocol = "medsam_agent_rl") -> int:
+    """``max_tool_calling_iterations`` that gives the protocol's number of replies.
+
+    ``n`` tool rounds let the model reply ``n + 1`` times; a protocol that never executes its
+    last reply (``medsam_agent_rl``) gets ``max_turns - 1``.
+    """
+    p = get_protocol(protocol)
+    return p.max_turns - 1 if not p.execute_last_turn else p.max_turns
+
+
+def grpo_rows(
+    sample_indices: Sequence[int],
+    *,
+    seeds: Sequence[int] = (0,),
+    protocol: str | Protocol = "medsam_agent_rl",
+    system: str | None = None,
+) -> list[dict[str, Any]]:
+    """Dataset rows for ``GRPOTrainer``: one per (sample, seed), with the system prompt.
+
+    ``prompt`` is ``[system, user ""]``: ``reset`` appends the image and the first-turn text
+    to the user message. ``system`` defaults to ``tool_system_prompt(protocol)``.
+    """
+    system = tool_system_prompt(protocol) if system is None else system
+    return [
+        {
+            "prompt": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": ""},
+            ],
+            "sample_index": int(index),
+            "seed": int(seed),
+        }
+        for seed in seeds
+        for index in sample_indices
+    ]
