@@ -1,9 +1,9 @@
 """``medseg-bench export-sft``: trajectories replay, byte-identical reruns, resume, the TRL and
 LLaMA-Factory formats, the split, and a corrupted reply failing the replay check.
 
-Exports run on real bundled ``demo`` samples with a tiny geometric test segmenter (a box gives
-its rectangle, a click adds or removes a disc: milliseconds a call); the last test exports and
-replays one trajectory of the real default model.
+Exports run on real bundled ``demo`` samples with the registered weight-free ``classical``
+backend (milliseconds a call); the last test exports and replays one trajectory of the real
+default model.
 """
 
 from __future__ import annotations
@@ -12,63 +12,20 @@ import json
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from medseg_agents.oracle import HybridExpert
 from medseg_bench import export_sft as X
 from medseg_bench.cli import main
 from medseg_bench.config import BenchError
 from medseg_env.data import Dataset
-from medseg_env.segmenters import SEGMENTERS, Segmenter, register_segmenter
-from medseg_env.segmenters.types import Embedding, Prediction, Prompts
 from medseg_env.text import ToolCall, get_protocol
 
-SEG = "sft_test_discs"
+SEG = "classical"  # the real weight-free backend: milliseconds a call
 FAST = ["-s", SEG, "--no-progress", "--records", "both"]
 LIMIT = 4
-
-
-class Discs(Segmenter):
-    """A box gives its rectangle; each click then sets a disc of radius 8 to its label, on the
-    previous logits' mask. Deterministic, no weights."""
-
-    name = SEG
-    prompt_kinds = frozenset({"box", "point"})
-
-    def _encode(self, image: np.ndarray) -> Embedding:
-        return Embedding(torch.zeros(1), (image.shape[0], image.shape[1]), self.model_id)
-
-    def predict(
-        self,
-        embedding: Embedding,
-        prompts: Prompts,
-        previous_logits: torch.Tensor | None = None,
-        multimask: bool = False,
-    ) -> Prediction:
-        height, width = embedding.image_size
-        mask = np.zeros((height, width), bool)
-        if previous_logits is not None and prompts.box is None:
-            mask = previous_logits[0, 0].numpy() > 0
-        if prompts.box is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in prompts.box)
-            mask[y0:y1, x0:x1] = True
-        rows, cols = np.mgrid[:height, :width]
-        for (x, y), label in zip(prompts.points, prompts.labels, strict=True):
-            mask[(cols + 0.5 - x) ** 2 + (rows + 0.5 - y) ** 2 <= 64] = bool(label)
-        logits = torch.from_numpy(np.where(mask, 1.0, -1.0).astype(np.float32))[None, None]
-        return Prediction(logits, mask, 1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _test_segmenter() -> Iterator[None]:
-    register_segmenter(SEG, Discs, overwrite=True)
-    yield
-    SEGMENTERS.unregister(SEG)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
