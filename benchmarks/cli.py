@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         action="extend",
         metavar="SEGMENTER",
-        help=f"segmenter names (default: {' '.join(DEFAULT_SEGMENTERS)})",
+        help="segmenter specs: a registered name, or name:key=value,... with the backend's "
+        f"options, e.g. 'medsam2:checkpoint=/w/MedSAM2_latest.pt' "
+        f"(default: {' '.join(DEFAULT_SEGMENTERS)})",
     )
     run.add_argument(
         "--budget",

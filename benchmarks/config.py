@@ -27,6 +27,7 @@ from typing import Any
 
 from medseg_env.env import default_config
 from medseg_env.metrics import NSD_TOLERANCE_MM
+from medseg_env.segmenters import SEGMENTERS
 
 _ENV_DEFAULTS = default_config()
 DEFAULT_BUDGET = 20
@@ -147,21 +148,36 @@ def _no_duplicates(name: str, values: Sequence[str]) -> None:
         raise BenchError(f"{name} lists {seen} more than once")
 
 
-def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name:k=v,k2=v2"`` -> ``("name", {"k": v, "k2": v2})`` with JSON-parsed values."""
+def parse_spec(spec: str, kind: str = "policy") -> tuple[str, dict[str, Any]]:
+    """``"name:k=v,k2=v2"`` -> ``("name", {"k": v, "k2": v2})`` with JSON-parsed values.
+
+    The form of both policy and segmenter specs; ``kind`` names which in errors.
+    """
     name, _, rest = spec.partition(":")
     if not name:
-        raise BenchError(f"policy spec {spec!r} has no policy name")
+        raise BenchError(f"{kind} spec {spec!r} has no {kind} name")
     kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise BenchError(f"policy spec {spec!r}: option {item!r} is not key=value")
+            raise BenchError(f"{kind} spec {spec!r}: option {item!r} is not key=value")
         try:
             kwargs[key] = json.loads(raw)
         except json.JSONDecodeError:
             kwargs[key] = raw
     return name, kwargs
+
+
+def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    return parse_spec(spec, "policy")
+
+
+def check_segmenter_spec(spec: str) -> str:
+    """The registered name of a segmenter spec (``"medsam2:checkpoint=/w/MedSAM2.pt"``)."""
+    name, _ = parse_spec(spec, "segmenter")
+    if name not in SEGMENTERS:
+        raise BenchError(f"unknown segmenter {name!r}; known: {SEGMENTERS.names()}")
+    return name
 
 
 def stable_int(*parts: Any) -> int:

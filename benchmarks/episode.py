@@ -19,6 +19,7 @@ from medseg_env.segmenters import Segmenter, make_segmenter
 from medseg_env.text import get_protocol
 from medseg_env.wrappers.text_env import MedSegTextEnv
 
+from .config import parse_spec
 from .plan import EpisodeSpec, Plan
 from .records import NO_ACTION, EpisodeRecord, Step
 
@@ -182,15 +183,17 @@ def run_episode(
 _SEGMENTERS: dict[str, Segmenter] = {}
 
 
-def shared_segmenter(name: str) -> Segmenter:
-    """The process's segmenter of this registered name (built on first use).
+def shared_segmenter(spec: str) -> Segmenter:
+    """The process's segmenter of this spec (built on first use): a registered name, or
+    ``name:key=value,...`` with the backend's options (``medsam2:checkpoint=/w/MedSAM2.pt``).
 
     Sharing is safe: ``predict`` keeps no state between calls, and embeddings are cached by
     image content and model id anyway.
     """
-    if name not in _SEGMENTERS:
-        _SEGMENTERS[name] = make_segmenter(name)
-    return _SEGMENTERS[name]
+    if spec not in _SEGMENTERS:
+        name, kwargs = parse_spec(spec, "segmenter")
+        _SEGMENTERS[spec] = make_segmenter(name, **kwargs)
+    return _SEGMENTERS[spec]
 
 
 class Resources:

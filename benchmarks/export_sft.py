@@ -88,12 +88,17 @@ from medseg_env import actions as A
 from medseg_env.data import Dataset, load_dataset
 from medseg_env.env import PROMPTING_MODES, MedSegEnv
 from medseg_env.oracle import Oracle
-from medseg_env.segmenters import SEGMENTERS
 from medseg_env.segmenters.types import PromptKind, Prompts
 from medseg_env.text import get_protocol, registered_protocols
 from medseg_env.wrappers.text_env import DEFAULT_TARGET_TEMPLATE, MedSegTextEnv, make_text_env
 
-from .config import DEFAULT_OBS_SIZE, DEFAULT_SEGMENTERS, BenchError, stable_int
+from .config import (
+    DEFAULT_OBS_SIZE,
+    DEFAULT_SEGMENTERS,
+    BenchError,
+    check_segmenter_spec,
+    stable_int,
+)
 from .episode import shared_segmenter
 from .plan import data_fingerprint
 from .records import atomic_write
@@ -199,8 +204,7 @@ class ExportConfig:
             raise BenchError(
                 f"prompting must be one of {list(PROMPTING_MODES)}; got {self.prompting!r}"
             )
-        if self.segmenter not in SEGMENTERS:
-            raise BenchError(f"unknown segmenter {self.segmenter!r}; known: {SEGMENTERS.names()}")
+        check_segmenter_spec(self.segmenter)
         try:
             self.target_template.format(target="tumour", modality="CT")
         except (KeyError, IndexError, ValueError) as err:

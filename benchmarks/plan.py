@@ -14,11 +14,11 @@ import numpy as np
 
 from medseg_agents import POLICIES, Policy, default_policies, make_policy
 from medseg_env.data import Dataset, load_dataset
-from medseg_env.segmenters import SEGMENTERS
 
 from .config import (
     BenchConfig,
     BenchError,
+    check_segmenter_spec,
     episode_seed,
     parse_policy_spec,
     stable_int,
@@ -91,8 +91,7 @@ def resolve_config(
         if spec not in injected and name not in POLICIES:
             raise BenchError(f"unknown policy {name!r}; known: {known}")
     for segmenter in config.segmenters:
-        if segmenter not in SEGMENTERS:
-            raise BenchError(f"unknown segmenter {segmenter!r}; known: {SEGMENTERS.names()}")
+        check_segmenter_spec(segmenter)
     for label in config.policy_budgets:
         if label not in specs:
             raise BenchError(f"a budget is given for {label!r}, which is not among the policies")

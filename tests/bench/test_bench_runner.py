@@ -205,6 +205,8 @@ def test_a_folder_of_another_config_is_refused_untouched(reference, tiny, make_p
         ({"segmenters": ("nope",)}, r"unknown segmenter 'nope'; known: .*litemedsam"),
         ({"policy_budgets": {"ghost": 2}}, r"budget is given for 'ghost'"),
         ({"policies": ("boxer", "ritm:bogus=1")}, r"policy spec 'ritm:bogus=1'"),
+        ({"segmenters": ("nope:work_size=32",)}, r"unknown segmenter 'nope'"),
+        ({"segmenters": ("classical:64",)}, r"segmenter spec 'classical:64': option '64'"),
     ],
 )
 def test_bad_names_are_refused_before_writing(change, message, tiny, make_policies, tmp_path):
@@ -235,6 +237,28 @@ def test_registered_policies_and_spec_options(tiny, tmp_path):
     ritm = [r for r in result.records if r.policy == "ritm:first_box=true"]
     assert {r.steps[0].action for r in ritm} == {"box"}
     assert {r.steps[0].invalid for r in ritm} == {None}
+
+
+def test_segmenter_spec_options_reach_the_backend(tiny, tmp_path):
+    """``name:key=value`` segmenter specs (how a checkpoint path reaches ``medsam2``): the
+    options build the backend, and the spec labels its results and its recorded weights."""
+    spec = "classical:work_size=32,algorithm=grabcut"
+    segmenter = shared_segmenter(spec)
+    assert (segmenter.work_size, segmenter.algorithm) == (32, "grabcut")
+    assert segmenter.model_id != shared_segmenter("classical").model_id
+    config = BenchConfig(
+        policies=("oracle_box",), datasets=("tiny",), segmenters=("classical", spec), budget=2
+    )
+    out = tmp_path / "out"
+    result = run_benchmark(config, out, datasets={"tiny": tiny}, progress=False, plots=False)
+    assert {r.segmenter for r in result.records} == {"classical", spec}
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["models"][spec] == segmenter.model_id
+    finals = {
+        seg: [r.steps[-1].dice for r in result.records if r.segmenter == seg]
+        for seg in ("classical", spec)
+    }
+    assert finals["classical"] != finals[spec]  # another algorithm, other masks
 
 
 def test_limited_datasets_take_a_seeded_subset():
