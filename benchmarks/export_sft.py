@@ -27,7 +27,14 @@ journal keeps it as ``skipped`` with the reason).
   (``messages`` of ``role``/``content`` strings, one ``<image>`` token per image, ``images``
   paths relative to the folder, which is the ``dataset_dir``; the entry is ``medseg_sft``).
   Where a protocol writes a literal ``<image>`` right after its image (MedSAM-Agent's EVAL
-  path), that token is the image's placeholder: LLaMA-Factory cannot hold both.
+  path), that text becomes the image's placeholder, so LLaMA-Factory tokenizes the image
+  without the literal (as sharegpt data written for that format would read; the env shows
+  both). Train on ``medsam_agent_rl`` exports, which have no literal, to avoid the question.
+  Checked with LLaMA-Factory 0.9.5's own loader (``tests/mllm/test_llamafactory_loader.py``):
+  use the ``qwen3_vl_nothink`` template for Qwen3-VL Instruct (``qwen3_vl`` inserts an empty
+  think block before every reply), ``mask_history: true`` for the per-turn rows, and a
+  ``cutoff_len`` above the longest row (a truncated row keeps its images but loses image
+  tokens).
 - ``--records turn`` (or ``both``): ``trl_turns.jsonl`` / ``llamafactory_turns.jsonl``, one row
   per turn: the messages the env showed at that turn (its history mode) and the reply. A
   protocol that keeps less history than a trajectory (SegAgent keeps none) should be trained
