@@ -7,6 +7,16 @@
   stable-baselines3 (``medseg_env.wrappers``);
 - ``MedSeg-Text-v0``: reply text under an MLLM text protocol (``medseg_env.text``), the
   conversation as observation (``medseg_env.wrappers.text_env``).
+
+``python -m medseg_env precompute DATASET [DATASET ...] [-s SEGMENTER[:key=value,...]]
+[--cache-dir DIR] [--obs-size S]`` encodes every distinct image of the datasets once, as the
+env letterboxes it, into the on-disk embedding cache (``--cache-dir``, else
+``$MEDSEG_CACHE_DIR``, else ``~/.cache/medseg-env/embeddings``). A later run with
+``$MEDSEG_CACHE_DIR`` set to that folder makes no encoder call on those images. It shows a
+progress bar, skips images already cached (so running it again resumes after an
+interruption, and redoes damaged entries), and ends with the images encoded and skipped, the
+bytes written and the wall time; see ``medseg_env.precompute``. ``python -m medseg_env``
+alone (or ``demo``) plays a few oracle-box episodes.
 """
 
 from importlib.metadata import PackageNotFoundError, version

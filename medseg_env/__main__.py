@@ -1,19 +1,45 @@
-"""``python -m medseg_env``: a few episodes of the oracle-box policy on the bundled demo data."""
+"""``python -m medseg_env [demo|precompute] ...``.
+
+- ``demo`` (the default, so ``python -m medseg_env --episodes 3`` works too): a few episodes of
+  the oracle-box policy on the bundled demo data.
+- ``precompute DATASET [DATASET ...] [-s SPEC] [--cache-dir DIR]``: encode every distinct
+  image once into the on-disk embedding cache that later runs reuse
+  (``medseg_env.precompute``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
 
 import medseg_env  # noqa: F401  (registers the envs)
-from medseg_env import actions
+from medseg_env import actions, precompute
 from medseg_env.geometry import box_from_mask
 
+COMMANDS = ("demo", "precompute")
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["precompute"]:
+        return precompute.main(args[1:])
+    if args[:1] == ["demo"]:
+        args = args[1:]
+    demo(args)
+    return 0
+
+
+def demo(argv: Sequence[str]) -> None:
+    """A few episodes of the oracle-box policy on the bundled demo data."""
+    parser = argparse.ArgumentParser(
+        prog="python -m medseg_env [demo]",
+        description=demo.__doc__,
+        epilog="Other command: python -m medseg_env precompute --help",
+    )
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -37,4 +63,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,14 +13,18 @@ keep one ``Registry``. They all behave the same way:
   one message format: ``unknown policy 'x'; known: ['a', 'b']``;
 - ``names()`` lists entries in registration order (built-ins first, in the order their module
   registers them), then entry points in alphabetical order.
+
+A name given on a command line may carry the entry's options as a *spec*,
+``name:key=value,...`` (``classical:work_size=96``); ``parse_spec`` splits it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +44,31 @@ def callable_entries(kind: str, what: str = "callable") -> Callable[[str, object
             raise TypeError(f"{kind} {name!r} must be {what}; got {entry!r}")
 
     return check
+
+
+def parse_spec(spec: str, kind: str = "entry") -> tuple[str, dict[str, Any]]:
+    """``"name:k=v,k2=v2"`` -> ``("name", {"k": v, "k2": v2})``.
+
+    Each value is read as JSON where it parses (``96``, ``true``, ``"x"``, ``[1, 2]``), else
+    kept as the string (``checkpoint=/w/a.pt``). ``kind`` names the entry in errors. The name
+    is not looked up: pass it to the registry.
+
+    Raises:
+        ValueError: no name, or an option that is not ``key=value``.
+    """
+    name, _, rest = spec.partition(":")
+    if not name:
+        raise ValueError(f"{kind} spec {spec!r} has no {kind} name")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{kind} spec {spec!r}: option {item!r} is not key=value")
+        try:
+            kwargs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            kwargs[key] = raw
+    return name, kwargs
 
 
 class Registry(Generic[T]):

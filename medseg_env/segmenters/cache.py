@@ -9,6 +9,9 @@ asked for (its key, model, image size, the model's feature shape and dtype, and 
 its tensor all match); anything else is a miss, and the entry is replaced by the next ``put``.
 A directory that cannot be written (read-only, full, a file in the way) gives one
 ``RuntimeWarning`` per cache, after which the cache carries on in memory.
+
+``python -m medseg_env precompute`` fills the disk layer for whole datasets ahead of a run
+(``medseg_env.precompute``).
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class EmbeddingCache:
         self._warned = False
         self.hits = 0
         self.misses = 0
+        #: The error of the latest disk write that failed (warned about once), else None.
+        self.last_write_error: BaseException | None = None
 
     @property
     def nbytes(self) -> int:
@@ -178,6 +183,11 @@ class EmbeddingCache:
                 _, dropped = self._entries.popitem(last=False)
                 self._bytes -= dropped.nbytes
 
+    def disk_path(self, key: str) -> Path | None:
+        """Where the disk entry of ``key`` lives (``<disk_dir>/<key[:2]>/<key>.safetensors``),
+        or None without a disk layer. The file may be absent or damaged: ``get`` checks it."""
+        return None if self.disk_dir is None else self._path(key)
+
     def _path(self, key: str) -> Path:
         assert self.disk_dir is not None
         return self.disk_dir / key[:2] / f"{key}.safetensors"
@@ -234,6 +244,7 @@ class EmbeddingCache:
             os.replace(tmp, path)
             tmp = None
         except (OSError, SafetensorError) as err:
+            self.last_write_error = err
             self._warn_once(err)
         finally:
             if tmp is not None:
