@@ -147,11 +147,30 @@ RANDOM_INIT = {
 }
 
 
-def backend_table(repeats: int, names: list[str] | None = None) -> list[dict[str, object]]:
+def interleaved_ms(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median ms of each call, timed round-robin: one call of each per round, ``repeats`` rounds.
+
+    On a shared machine the load drifts within a run; timed in turn, every call sees the same
+    drift, so their ratios hold where back-to-back blocks of repeats would not.
+    """
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
+def backend_table(
+    repeats: int, names: list[str] | None = None, encode_repeats: int = 3
+) -> list[dict[str, object]]:
     """Per registered backend, in one run: encode, box predict and click predict times.
 
     On one MR demo sample; the click follows the box with its logits as mask input, as the
-    env's click turns do. ``predict`` is the step's cost: the env adds well under 5 %.
+    env's click turns do. ``predict`` is the step's cost: the env adds well under 5 %. The
+    predict calls of all backends are timed round-robin (``interleaved_ms``), then the encodes
+    the same way with ``encode_repeats`` rounds.
     """
     from medseg_env.data import demo_dataset
     from medseg_env.segmenters import (
@@ -167,7 +186,9 @@ def backend_table(repeats: int, names: list[str] | None = None) -> list[dict[str
     edges = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32)
     box = Prompts().with_box(edges)
     cx, cy = float(cols.mean()) + 0.5, float(rows.mean()) + 0.5
-    table = []
+    table: list[dict[str, object]] = []
+    steps: dict[str, Callable[[], object]] = {}
+    encodes: dict[str, Callable[[], object]] = {}
     for name in names or registered_segmenters():
         seg = make_segmenter(name, cache=EmbeddingCache(), **RANDOM_INIT.get(name, {}))
 
@@ -176,17 +197,13 @@ def backend_table(repeats: int, names: list[str] | None = None) -> list[dict[str
 
         emb = seg.encode(sample.image)
         first = seg.predict(emb, box) if seg.supports("box") else None
+        encodes[name] = encode
+        if first is not None:
 
-        def box_step(seg: Segmenter = seg, emb: Embedding = emb) -> None:
-            seg.predict(emb, box)
+            def box_step(seg: Segmenter = seg, emb: Embedding = emb) -> None:
+                seg.predict(emb, box)
 
-        row: dict[str, object] = {
-            "backend": name,
-            "prompts": "+".join(sorted(seg.prompt_kinds)),
-            "input": getattr(seg, "input_size", getattr(seg, "work_size", None)),
-            "encode_ms": median_ms(encode, max(1, repeats // 5)),
-            "box_ms": None if first is None else median_ms(box_step, repeats),
-        }
+            steps[f"{name}/box"] = box_step
         if seg.supports("point"):
             prompts = (box if first is not None else Prompts()).with_point(cx, cy, True)
             logits = None if first is None else first.logits
@@ -199,8 +216,18 @@ def backend_table(repeats: int, names: list[str] | None = None) -> list[dict[str
             ) -> None:
                 seg.predict(emb, prompts, logits)
 
-            row["click_ms"] = median_ms(click_step, repeats)
-        table.append(row)
+            steps[f"{name}/click"] = click_step
+        input_px = getattr(seg, "input_size", getattr(seg, "work_size", None))
+        table.append(
+            {"backend": name, "prompts": "+".join(sorted(seg.prompt_kinds)), "input": input_px}
+        )
+    step_ms = interleaved_ms(steps, repeats)
+    encode_ms = interleaved_ms(encodes, max(1, encode_repeats))
+    for row in table:
+        name = str(row["backend"])
+        row["encode_ms"] = encode_ms[name]
+        row["box_ms"] = step_ms.get(f"{name}/box")
+        row["click_ms"] = step_ms.get(f"{name}/click")
     return table
 
 
@@ -210,13 +237,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--segmenter", default=default_config()["segmenter"])
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument(
+        "--encode-repeats", type=int, default=3, help="with --backends: rounds of encodes (3)"
+    )
+    parser.add_argument(
         "--backends",
         action="store_true",
         help="instead: one row per registered backend (encode, box and click predict ms)",
     )
     args = parser.parse_args(argv)
     if args.backends:
-        rows = backend_table(args.repeats)
+        rows = backend_table(args.repeats, encode_repeats=args.encode_repeats)
         print("| backend | prompts | input px | encode ms | box ms | click ms |")
         print("|---|---|---|---|---|---|")
         for r in rows:
