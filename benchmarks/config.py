@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from medseg_env import registry
 from medseg_env.env import default_config
 from medseg_env.metrics import NSD_TOLERANCE_MM
 from medseg_env.segmenters import SEGMENTERS
@@ -149,23 +150,12 @@ def _no_duplicates(name: str, values: Sequence[str]) -> None:
 
 
 def parse_spec(spec: str, kind: str = "policy") -> tuple[str, dict[str, Any]]:
-    """``"name:k=v,k2=v2"`` -> ``("name", {"k": v, "k2": v2})`` with JSON-parsed values.
-
-    The form of both policy and segmenter specs; ``kind`` names which in errors.
-    """
-    name, _, rest = spec.partition(":")
-    if not name:
-        raise BenchError(f"{kind} spec {spec!r} has no {kind} name")
-    kwargs: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise BenchError(f"{kind} spec {spec!r}: option {item!r} is not key=value")
-        try:
-            kwargs[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            kwargs[key] = raw
-    return name, kwargs
+    """``"name:k=v,k2=v2"`` -> ``("name", {"k": v, "k2": v2})`` (``medseg_env.registry``'s
+    parser, its errors as ``BenchError``): the form of both policy and segmenter specs."""
+    try:
+        return registry.parse_spec(spec, kind)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
 
 
 def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
