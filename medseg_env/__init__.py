@@ -5,6 +5,8 @@
 - ``MedSeg-v0``: structured ``Dict`` actions (``medseg_env.actions``);
 - ``MedSeg-MultiDiscrete-v0`` and ``MedSeg-Continuous-v0``: flat action forms for
   stable-baselines3 (``medseg_env.wrappers``);
+- for these three, ``gym.make_vec(id, num_envs=N)`` builds a ``MedSegVectorEnv``
+  (``medseg_env.wrappers.vector_env``): N episodes with one batched segmenter call per step;
 - ``MedSeg-Text-v0``: reply text under an MLLM text protocol (``medseg_env.text``), the
   conversation as observation (``medseg_env.wrappers.text_env``).
 
@@ -41,9 +43,20 @@ _ENVS = {
     "MedSeg-Continuous-v0": "medseg_env.wrappers:make_continuous",
     "MedSeg-Text-v0": "medseg_env.wrappers.text_env:make_text_env",
 }
+# gym.make_vec(id, num_envs=N) builds these (batched segmenter calls); "sync" still works.
+_VECTOR_ENVS = {
+    "MedSeg-v0": "medseg_env.wrappers.vector_env:MedSegVectorEnv",
+    "MedSeg-MultiDiscrete-v0": "medseg_env.wrappers.vector_env:make_vector_multidiscrete",
+    "MedSeg-Continuous-v0": "medseg_env.wrappers.vector_env:make_vector_continuous",
+}
 for _id, _entry in _ENVS.items():
     if _id not in gym_registry:
-        register(id=_id, entry_point=_entry, max_episode_steps=None)
+        register(
+            id=_id,
+            entry_point=_entry,
+            vector_entry_point=_VECTOR_ENVS.get(_id),
+            max_episode_steps=None,
+        )
 
 ENV_IDS = tuple(_ENVS)
 

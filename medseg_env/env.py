@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import gymnasium as gym
@@ -30,7 +31,15 @@ from .oracle import Oracle
 from .registry import UnknownNameError
 from .render import overlay, prompt_map
 from .rewards import REJECTED, Reward, StepContext
-from .segmenters import Embedding, Prediction, PromptKind, Prompts, Segmenter, make_segmenter
+from .segmenters import (
+    Embedding,
+    Prediction,
+    PredictRequest,
+    PromptKind,
+    Prompts,
+    Segmenter,
+    make_segmenter,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +55,27 @@ RESET_OPTIONS = ("sample_index", "sample_id")
 """The keys ``MedSegEnv.reset(options=...)`` takes."""
 
 MIN_OBS_SIZE = 16
+
+
+@dataclass(frozen=True, eq=False)
+class StepPlan:
+    """A turn worked out by ``MedSegEnv.plan_step`` and not yet taken.
+
+    Attributes:
+        action: the structured action, as given.
+        kind: its kind.
+        prompts: the prompt set after the turn, or None (a stop, an invalid action).
+        invalid: why the action is invalid, or None.
+        request: the segmenter call the turn needs, or None (a stop, an invalid action).
+        token: the env's state when planned; ``commit_step`` refuses a stale plan.
+    """
+
+    action: A.Action
+    kind: A.ActionKind
+    prompts: Prompts | None
+    invalid: str | None
+    request: PredictRequest | None
+    token: tuple[int, int]
 
 
 def default_config() -> dict[str, Any]:
@@ -110,6 +140,14 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     Nothing the env hands out can change it: observations, ``current_mask``, ``prompts`` and
     previews are fresh copies; ``ground_truth``, ``sample`` and the dataset's arrays are
     read-only.
+
+    ## Two-phase step
+
+    ``step(action)`` is :meth:`plan_step` (check the action, work out the segmenter call;
+    changes nothing), the segmenter's ``predict`` of the plan's request (none for a stop or an
+    invalid action), then :meth:`commit_step` (take the turn, score it). The batched vector
+    env (``medseg_env.wrappers.vector_env``) plans many envs' turns, decodes them in one
+    ``Segmenter.predict_batch`` call, and commits each.
 
     ## Arguments
 
@@ -180,6 +218,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._framed: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
         self._sample_index = -1
         self._done = True
+        self._episode_count = 0  # episodes started; with the turn, tells a stale StepPlan
         # Why the last reset() did not complete, or None; while set, the env takes no step.
         self._reset_error: str | None = None
 
@@ -313,26 +352,74 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._num_format_errors = 0
         self._score = 0.0
         self._done = False
+        self._episode_count += 1
 
     def step(self, action: A.Action) -> StepResult:
+        """Take one turn: :meth:`plan_step`, the segmenter's ``predict``, :meth:`commit_step`."""
+        plan = self.plan_step(action)
+        prediction = None
+        if plan.request is not None:
+            prediction = self.segmenter.predict_request(plan.request)
+        return self.commit_step(plan, prediction)
+
+    def plan_step(self, action: A.Action) -> StepPlan:
+        """The first half of :meth:`step`: check ``action`` and work out the segmenter call.
+
+        Changes nothing (the episode, the turn count and the RNG stay as they are), so a
+        prediction that raises leaves the episode untouched. The plan's ``request`` is the
+        ``predict`` call the turn needs, or None for a stop or an invalid action; hand its
+        result to :meth:`commit_step`. A vector env plans the turns of many envs, decodes all
+        their requests in one ``Segmenter.predict_batch``, then commits each.
+
+        Raises what ``step`` raises for the action: ``ValueError`` for an action outside the
+        action space, ``RuntimeError`` before a reset or after the episode ended.
+        """
         self._require_episode()
         if self._done:
             raise RuntimeError("the episode is over; call reset() before step()")
         kind, point, box = A.validate(action)
-        prev_mask = self._mask
-        terminated = kind == A.ActionKind.STOP
         new_prompts, invalid = self._prompts_after(kind, point, box)
-        # Predict before changing anything: if the segmenter raises, the episode is untouched.
-        prediction = None
-        if new_prompts is not None:
-            prediction = self._predict(kind, new_prompts)
+        request = None if new_prompts is None else self._request(kind, new_prompts)
+        return StepPlan(action, kind, new_prompts, invalid, request, self._state_token())
+
+    def commit_step(self, plan: StepPlan, prediction: Prediction | None) -> StepResult:
+        """The second half of :meth:`step`: take the planned turn with ``prediction``, score it.
+
+        ``prediction`` is the segmenter's answer to ``plan.request`` (None when the plan has
+        no request). Returns what ``step`` returns.
+
+        Raises:
+            ValueError: the plan was made before the env last changed (another step, a
+                reset), or ``prediction`` is missing or not asked for.
+        """
+        self._require_episode()
+        if self._done:
+            raise RuntimeError("the episode is over; call reset() before step()")
+        if plan.token != self._state_token():
+            raise ValueError(
+                "this StepPlan is stale: the env has stepped or reset since plan_step() made it"
+            )
+        if (plan.request is None) != (prediction is None):
+            raise ValueError(
+                "commit_step needs the prediction for plan.request, and none when the plan has "
+                f"no request; got request={'none' if plan.request is None else 'one'}, "
+                f"prediction={'none' if prediction is None else 'one'}"
+            )
+        prev_mask = self._mask
         self._turn += 1
-        if new_prompts is not None and prediction is not None:
-            self._prompts, self._logits = new_prompts, prediction.logits
+        if plan.prompts is not None and prediction is not None:
+            self._prompts, self._logits = plan.prompts, prediction.logits
             self._mask, self._score = _frozen_copy(prediction.mask), prediction.score
-        if invalid is not None:
+        if plan.invalid is not None:
             self._num_invalid += 1
-        return self._finish_turn(prev_mask, action, int(kind), invalid, terminated, None)
+        terminated = plan.kind == A.ActionKind.STOP
+        return self._finish_turn(
+            prev_mask, plan.action, int(plan.kind), plan.invalid, terminated, None
+        )
+
+    def _state_token(self) -> tuple[int, int]:
+        """Changes with every reset and every turn: tells a stale ``StepPlan``."""
+        return self._episode_count, self._turn
 
     def reject(self, reason: str, *, end: bool = False) -> StepResult:
         """Spend a turn on a reply that gave no action (a malformed MLLM reply), without raising.
@@ -457,7 +544,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             ) from None
 
     def _predict(self, kind: A.ActionKind, prompts: Prompts) -> Prediction:
-        """The segmenter's mask for the prompt set after this action, as ``prompting`` says.
+        """The segmenter's mask for the prompt set after this action (see :meth:`_request`)."""
+        return self.segmenter.predict_request(self._request(kind, prompts))
+
+    def _request(self, kind: A.ActionKind, prompts: Prompts) -> PredictRequest:
+        """The segmenter call for the prompt set after this action, as ``prompting`` says.
 
         ``"accumulate"``: every prompt so far, the previous logits on click turns, one mask.
         ``"medsam_agent_eval"`` (MedSAM-Agent's evaluation code): a box alone with the previous
@@ -467,7 +558,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         alone with the previous logits, one mask.
         """
         if self.prompting == "accumulate":
-            return self.segmenter.predict(self._embedding, prompts, self._mask_input(kind))
+            return PredictRequest(self._embedding, prompts, self._mask_input(kind))
         logits = self._logits
         if self.prompting == "medsam_agent_rl":
             if kind == A.ActionKind.BOX:
@@ -475,7 +566,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
                 alone = Prompts().with_box(prompts.box)
             else:
                 alone = Prompts(prompts.points[-1:], prompts.labels[-1:])
-            return self.segmenter.predict(self._embedding, alone, logits)
+            return PredictRequest(self._embedding, alone, logits)
         if kind == A.ActionKind.BOX:
             assert prompts.box is not None
             call = Prompts().with_box(prompts.box)
@@ -483,7 +574,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             call = Prompts(prompts.points[-1:], prompts.labels[-1:])
         else:
             call = prompts
-        return self.segmenter.predict(self._embedding, call, logits, multimask=True)
+        return PredictRequest(self._embedding, call, logits, multimask=True)
 
     def _mask_input(self, kind: A.ActionKind) -> torch.Tensor | None:
         """The previous logits on refinement (click) turns; none for a new box.

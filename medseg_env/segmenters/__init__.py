@@ -7,7 +7,14 @@ from .litemedsam import LiteMedSAM
 from .litemedsam_clicks import LiteMedSAMClicks
 from .sam import SAM, MedSAM
 from .sam2_family import SAM2, MedSAM2  # sam2 itself is imported only when built
-from .types import Embedding, Prediction, PromptKind, Prompts, UnsupportedPromptError
+from .types import (
+    Embedding,
+    Prediction,
+    PredictRequest,
+    PromptKind,
+    Prompts,
+    UnsupportedPromptError,
+)
 
 register_segmenter("litemedsam", LiteMedSAM)
 register_segmenter("litemedsam_clicks", LiteMedSAMClicks)
@@ -25,6 +32,7 @@ __all__ = [
     "LiteMedSAMClicks",
     "MedSAM",
     "Prediction",
+    "PredictRequest",
     "PromptKind",
     "Prompts",
     "SAM",

@@ -2,21 +2,22 @@
 
 A segmenter turns an image into an embedding once (``encode``, cached), then turns prompts
 plus the previous low-resolution logits into a new mask as often as the agent asks
-(``predict``). The values it takes and returns live in ``types.py``.
+(``predict``), or several such calls at once, on different images (``predict_batch``). The
+values it takes and returns live in ``types.py``.
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..registry import Registry, callable_entries
 from .cache import EmbeddingCache, default_cache, image_key
-from .types import Embedding, Prediction, Prompts, UnsupportedPromptError
+from .types import Embedding, Prediction, PredictRequest, Prompts, UnsupportedPromptError
 
 ENTRY_POINT_GROUP = "medseg_env.segmenters"
 
@@ -105,6 +106,31 @@ class Segmenter(ABC):
         ``multimask``: decode the model's candidate masks and keep the one it scores best
         (SAM's ``multimask_output``); a backend with a single output ignores it.
         """
+
+    def predict_request(self, request: PredictRequest) -> Prediction:
+        """``predict`` with the arguments of ``request``.
+
+        ``multimask`` is passed (by keyword) only when it is set, as ``MedSegEnv`` has always
+        called ``predict``, so a subclass whose ``predict`` override predates the argument works.
+        """
+        embedding, prompts, previous_logits, multimask = request
+        if multimask:
+            return self.predict(embedding, prompts, previous_logits, multimask=True)
+        return self.predict(embedding, prompts, previous_logits)
+
+    def predict_batch(self, requests: Sequence[PredictRequest]) -> list[Prediction]:
+        """Several ``predict`` calls at once: one ``Prediction`` per request, in order.
+
+        Each request is a ``PredictRequest`` (or a plain ``(embedding, prompts,
+        previous_logits, multimask)`` tuple); requests may be on different images, with
+        different prompts. This default calls :meth:`predict_request` for each one, so it is
+        right for every backend; a backend whose model can decode a batch overrides it
+        (``SamFamilySegmenter``: one decoder call per group of like-shaped prompts), and its
+        results equal the single calls' within the tolerance it documents.
+
+        Raises what ``predict`` raises for any request; then no result is returned.
+        """
+        return [self.predict_request(PredictRequest(*request)) for request in requests]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

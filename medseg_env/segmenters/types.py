@@ -9,7 +9,7 @@ y down, pixel ``(row r, col c)`` covering ``[c, c+1) × [r, r+1)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -87,3 +87,19 @@ class Prediction:
     logits: torch.Tensor
     mask: np.ndarray
     score: float
+
+
+class PredictRequest(NamedTuple):
+    """The arguments of one ``Segmenter.predict`` call, as a value (``predict_batch`` takes a list).
+
+    Attributes:
+        embedding: the encoded image the prompts are on.
+        prompts: the prompts, in the embedding's image pixel coordinates.
+        previous_logits: the previous turn's ``Prediction.logits``, or ``None``.
+        multimask: decode the candidate masks and keep the best (see ``Segmenter.predict``).
+    """
+
+    embedding: Embedding
+    prompts: Prompts
+    previous_logits: torch.Tensor | None = None
+    multimask: bool = False

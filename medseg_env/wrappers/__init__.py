@@ -1,4 +1,4 @@
-"""Wrappers over ``MedSegEnv``: flat action forms for SB3."""
+"""Wrappers over ``MedSegEnv``: flat action forms for SB3, and the batched vector env."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import gymnasium as gym
 
 from ..env import MedSegEnv
 from .sb3_actions import ContinuousActions, MultiDiscreteActions
+from .vector_env import MedSegVectorEnv
 
 
 def make_multidiscrete(grid: int = 32, render_mode: str | None = None, **config) -> gym.Env:
@@ -18,4 +19,10 @@ def make_continuous(render_mode: str | None = None, **config) -> gym.Env:
     return ContinuousActions(MedSegEnv(render_mode=render_mode, **config))
 
 
-__all__ = ["ContinuousActions", "MultiDiscreteActions", "make_continuous", "make_multidiscrete"]
+__all__ = [
+    "ContinuousActions",
+    "MedSegVectorEnv",
+    "MultiDiscreteActions",
+    "make_continuous",
+    "make_multidiscrete",
+]
