@@ -89,6 +89,15 @@ class Segmenter(ABC):
                 f"got {sorted(unsupported)}"
             )
 
+    def check_call(self, embedding: Embedding, prompts: Prompts) -> None:
+        """What every ``predict`` checks first: the prompt kinds are this backend's, and the
+        embedding is this model's (another model's features would decode to garbage)."""
+        self.check_prompts(prompts)
+        if embedding.model_id != self.model_id:
+            raise ValueError(
+                f"embedding was made by {embedding.model_id!r}, not by {self.model_id!r}"
+            )
+
     @abstractmethod
     def _encode(self, image: np.ndarray) -> Embedding:
         """Run the image encoder (uncached)."""

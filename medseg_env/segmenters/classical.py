@@ -228,11 +228,7 @@ class Classical(Segmenter):
         multimask: bool = False,
     ) -> Prediction:
         """The mask for ``prompts`` (``multimask`` is ignored: there is one output)."""
-        self.check_prompts(prompts)
-        if embedding.model_id != self.model_id:
-            raise ValueError(
-                f"embedding was made by {embedding.model_id!r}, not by {self.model_id!r}"
-            )
+        self.check_call(embedding, prompts)
         side = self.base_size
         height, width = embedding.image_size
         to_base = np.array([side / width, side / height], np.float64)

@@ -403,11 +403,7 @@ class Sam2FamilySegmenter(Segmenter):
         previous_logits: torch.Tensor | None = None,
         multimask: bool = False,
     ) -> Prediction:
-        self.check_prompts(prompts)
-        if embedding.model_id != self.model_id:
-            raise ValueError(
-                f"embedding was made by {embedding.model_id!r}, not by {self.model_id!r}"
-            )
+        self.check_call(embedding, prompts)
         *high_res, image_embed = [
             f.to(self.device) for f in unpack_features(embedding.features, self.shapes)
         ]

@@ -128,11 +128,7 @@ class SamFamilySegmenter(Segmenter):
     def _decoder_inputs(self, request: PredictRequest) -> _DecoderInputs:
         """Check one request and turn it into the prompt encoder's inputs (on ``device``)."""
         embedding, prompts, previous_logits, multimask = request
-        self.check_prompts(prompts)
-        if embedding.model_id != self.model_id:
-            raise ValueError(
-                f"embedding was made by {embedding.model_id!r}, not by {self.model_id!r}"
-            )
+        self.check_call(embedding, prompts)
         points, boxes = self.prompt_tensors(prompts, embedding.image_size)
         masks = None
         if self.use_mask_input and previous_logits is not None:
