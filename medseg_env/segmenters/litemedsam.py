@@ -20,7 +20,8 @@ import torch
 
 from .cache import EmbeddingCache
 from .checkpoints import check_nonempty, verify_sha256
-from .sam_family import SamFamilySegmenter, resolve_device
+from .fast_decoder import FastDecoderSegmenter
+from .sam_family import resolve_device
 
 
 def litemedsam_checkpoint_path() -> Path:
@@ -76,7 +77,7 @@ def load_litemedsam_modules(path: str | Path | None = None) -> torch.nn.Module:
     return _load_modules(str(path.resolve()), sha256)
 
 
-class LiteMedSAM(SamFamilySegmenter):
+class LiteMedSAM(FastDecoderSegmenter):
     """The original, box-only LiteMedSAM.
 
     Args:
@@ -84,6 +85,8 @@ class LiteMedSAM(SamFamilySegmenter):
         use_mask_input: feed the previous turn's logits back as ``mask_input`` on refinement
             turns (on by default).
         cache: embedding cache; the process-wide one by default.
+        decoder: ``"eager"`` (PyTorch, default) or ``"onnx"``: the prompt encoder and mask
+            decoder through ONNX Runtime, CPU only, same ``model_id`` (see ``fast_decoder``).
     """
 
     name = "litemedsam"
@@ -93,6 +96,7 @@ class LiteMedSAM(SamFamilySegmenter):
         device: str | torch.device | None = "cpu",
         use_mask_input: bool = True,
         cache: EmbeddingCache | None = None,
+        decoder: str = "eager",
     ) -> None:
         net = load_litemedsam_modules()
         if resolve_device(device).type != "cpu":
@@ -109,3 +113,4 @@ class LiteMedSAM(SamFamilySegmenter):
             device=device,
             cache=cache,
         )
+        self.use_decoder(decoder)
