@@ -683,10 +683,10 @@ class FastDecoderSegmenter(SamFamilySegmenter):
 
     A backend calls :meth:`use_decoder` with its ``decoder`` option after
     ``SamFamilySegmenter.__init__``. With ``"onnx"``, ``predict`` does what
-    ``SamFamilySegmenter.predict`` does (the same checks, prompt frames, mask input and
-    candidate rule, ``upscale``) with :class:`OnnxDecoder` in place of the two modules, and
-    ``predict_batch`` calls it once per request (on a CPU, batching the decoder is slower per
-    item).
+    ``SamFamilySegmenter.predict`` does (its ``_decoder_inputs``: the same checks, prompt frames,
+    mask input and candidate rule; then ``upscale``) with :class:`OnnxDecoder` in place of the
+    two modules, and ``predict_batch`` calls it once per request (on a CPU, batching the decoder
+    is slower per item).
     """
 
     fast_decoder: OnnxDecoder | None = None
@@ -723,23 +723,12 @@ class FastDecoderSegmenter(SamFamilySegmenter):
         fast = self.fast_decoder
         if fast is None:
             return super().predict(embedding, prompts, previous_logits, multimask)
-        # As SamFamilySegmenter.predict:
-        self.check_prompts(prompts)
-        if embedding.model_id != self.model_id:
-            raise ValueError(
-                f"embedding was made by {embedding.model_id!r}, not by {self.model_id!r}"
-            )
-        points, boxes = self.prompt_tensors(prompts, embedding.image_size)
-        masks = previous_logits if self.use_mask_input and previous_logits is not None else None
-        multimask = multimask or (
-            self.multimask_single_click
-            and masks is None
-            and boxes is None
-            and points is not None
-            and points[0].shape[1] == 1
-        )
-        coords, labels = sparse_prompts(points, boxes)
-        low_res, score = fast.run(embedding.features, coords, labels, masks, bool(multimask))
+        # SamFamilySegmenter's checks, prompt frames, mask input and candidate rule:
+        request = PredictRequest(embedding, prompts, previous_logits, multimask)
+        inputs = self._decoder_inputs(request)
+        coords, labels = sparse_prompts(inputs.points, inputs.boxes)
+        features = embedding.features
+        low_res, score = fast.run(features, coords, labels, inputs.masks, inputs.multimask)
         mask = self.upscale(low_res, embedding.image_size) > 0
         return Prediction(low_res, mask[0, 0].numpy(), score)
 
