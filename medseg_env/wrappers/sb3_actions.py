@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .. import actions as A
+from ..env import MedSegEnv
 
 
 class MultiDiscreteActions(gym.ActionWrapper):
@@ -97,3 +98,13 @@ class ContinuousActions(gym.ActionWrapper):
         if kind == A.ActionKind.BOX:
             return A.box(*coords[2:])
         return A.click(coords[0], coords[1], positive=kind == A.ActionKind.POSITIVE_CLICK)
+
+
+def make_multidiscrete(grid: int = 32, render_mode: str | None = None, **config) -> gym.Env:
+    """Entry point of ``MedSeg-MultiDiscrete-v0``: ``MedSegEnv`` + ``MultiDiscreteActions``."""
+    return MultiDiscreteActions(MedSegEnv(render_mode=render_mode, **config), grid=grid)
+
+
+def make_continuous(render_mode: str | None = None, **config) -> gym.Env:
+    """Entry point of ``MedSeg-Continuous-v0``: ``MedSegEnv`` + ``ContinuousActions``."""
+    return ContinuousActions(MedSegEnv(render_mode=render_mode, **config))

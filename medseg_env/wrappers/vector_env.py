@@ -17,6 +17,7 @@ that stable-baselines3 stays optional) adapts any Gymnasium vector env to SB3's 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,7 +29,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from ..env import MedSegEnv, Observation, StepPlan
 from ..segmenters import Prediction, PredictRequest, Segmenter
-from .sb3_actions import ContinuousActions, MultiDiscreteActions
+from .sb3_actions import make_continuous, make_multidiscrete
 
 if TYPE_CHECKING:
     from .sb3_vec_env import SB3VecEnv
@@ -325,21 +326,14 @@ def _check_reset_mask(mask: Any, num_envs: int) -> np.ndarray:
 
 # --------------------------------------------------------------------- vector entry points
 def make_vector_multidiscrete(num_envs: int = 1, grid: int = 32, **kwargs: Any) -> MedSegVectorEnv:
-    """``vector_entry_point`` of ``MedSeg-MultiDiscrete-v0``: ``MultiDiscreteActions`` sub-envs."""
-
-    def build(render_mode: str | None = None, **config: Any) -> gym.Env:
-        return MultiDiscreteActions(MedSegEnv(render_mode=render_mode, **config), grid=grid)
-
+    """``vector_entry_point`` of ``MedSeg-MultiDiscrete-v0``: sub-envs of ``make_multidiscrete``."""
+    build = functools.partial(make_multidiscrete, grid=grid)
     return MedSegVectorEnv(num_envs, env_fn=build, **kwargs)
 
 
 def make_vector_continuous(num_envs: int = 1, **kwargs: Any) -> MedSegVectorEnv:
-    """``vector_entry_point`` of ``MedSeg-Continuous-v0``: sub-envs with ``ContinuousActions``."""
-
-    def build(render_mode: str | None = None, **config: Any) -> gym.Env:
-        return ContinuousActions(MedSegEnv(render_mode=render_mode, **config))
-
-    return MedSegVectorEnv(num_envs, env_fn=build, **kwargs)
+    """``vector_entry_point`` of ``MedSeg-Continuous-v0``: sub-envs of ``make_continuous``."""
+    return MedSegVectorEnv(num_envs, env_fn=make_continuous, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
