@@ -20,10 +20,11 @@ import gymnasium as gym
 import numpy as np
 
 from medseg_env.actions import Action
+from medseg_env.geometry import padded_distance
 from medseg_env.oracle import Oracle
 
 from .base import Info, Observation, Policy
-from .simulation import Click, click_action, clicked_mask, oracle_box_action, padded_distance
+from .simulation import Click, click_action, clicked_mask, oracle_box_action
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers

@@ -17,10 +17,11 @@ from scipy import ndimage
 
 from medseg_env import actions as A
 from medseg_env.actions import Action
+from medseg_env.geometry import padded_distance
 from medseg_env.metrics import iou
 
 from .base import Info, Observation, Policy
-from .simulation import Click, click_action, clicked_mask, oracle_box_action, padded_distance
+from .simulation import Click, click_action, clicked_mask, oracle_box_action
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers

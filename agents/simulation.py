@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 from medseg_env import actions as A
 from medseg_env.actions import Action
@@ -20,17 +19,6 @@ from medseg_env.geometry import PixelBox, box_from_mask, pixel_of
 
 Click = tuple[int, int, bool]
 """``(row, col, positive)``: a pixel of the observation and the click's sign."""
-
-
-def padded_distance(region: np.ndarray) -> np.ndarray:
-    """Euclidean distance (pixels) of each pixel of ``region`` to the nearest pixel outside it.
-
-    ``region`` is an ``(H, W)`` bool mask; returns ``(H, W)`` float64, 0 outside the region.
-    The region is padded with one pixel of background first, so the image border counts as
-    boundary: a region touching the border is deepest away from it (RITM's ``padding=True``).
-    """
-    padded = np.pad(np.asarray(region, dtype=bool), 1, constant_values=False)
-    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
 
 
 def clicked_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

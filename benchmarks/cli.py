@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"observation side, px (default {DEFAULT_OBS_SIZE})",
     )
     run.add_argument(
+        "--target-hint",
+        action="store_true",
+        help="observations carry the target's innermost pixel (the env's target_hint option), "
+        "for policies trained with it",
+    )
+    run.add_argument(
         "--nsd-tolerance",
         type=float,
         default=NSD_TOLERANCE_MM,
@@ -143,6 +149,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         "subset": args.subset,
         "obs_size": args.obs_size,
         "nsd_tolerance_mm": args.nsd_tolerance,
+        "target_hint": args.target_hint,
     }
     if args.datasets:
         kwargs["datasets"] = tuple(args.datasets)

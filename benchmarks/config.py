@@ -64,6 +64,9 @@ class BenchConfig:
             dataset order) or ``"first"`` (the first ``limit`` samples).
         obs_size: side of the square observation canvas, pixels.
         nsd_tolerance_mm: tolerance of the normalised surface Dice, millimetres.
+        target_hint: the env's ``target_hint`` option: observations carry the target's
+            innermost pixel (for policies that must be told which object to segment, such
+            as a trained PPO agent); policies that do not read it play as without.
     """
 
     policies: tuple[str, ...] = ()
@@ -76,6 +79,7 @@ class BenchConfig:
     subset: str = "random"
     obs_size: int = DEFAULT_OBS_SIZE
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM
+    target_hint: bool = False
 
     def __post_init__(self) -> None:
         # Normalise containers so that equal configs compare, serialise and hash equally.
@@ -87,6 +91,8 @@ class BenchConfig:
         budgets = {str(k): int(v) for k, v in dict(self.policy_budgets).items()}
         object.__setattr__(self, "policy_budgets", dict(sorted(budgets.items())))
         object.__setattr__(self, "nsd_tolerance_mm", float(self.nsd_tolerance_mm))
+        if not isinstance(self.target_hint, bool):
+            raise BenchError(f"target_hint must be true or false; got {self.target_hint!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -131,7 +137,13 @@ class BenchConfig:
         return cls(**dict(data))
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        data = self.to_dict()
+        # Keys added after the first release are left out at their defaults, so the configs
+        # (and result folders) of earlier runs keep their hashes.
+        for key, default in _LATER_KEYS.items():
+            if data[key] == default:
+                del data[key]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         """12 hex digits of the SHA-256 of the canonical JSON: stable across processes."""
@@ -141,6 +153,9 @@ class BenchConfig:
         """Keys whose values differ, each as ``"key: this != other"``."""
         mine, theirs = self.to_dict(), other.to_dict()
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in sorted(mine) if mine[k] != theirs[k]]
+
+
+_LATER_KEYS: dict[str, Any] = {"target_hint": False}
 
 
 def _no_duplicates(name: str, values: Sequence[str]) -> None:

@@ -237,6 +237,7 @@ class Resources:
                 segmenter=shared_segmenter(spec.segmenter),
                 obs_size=self.plan.config.obs_size,
                 max_turns=spec.budget,
+                target_hint=self.plan.config.target_hint,
                 # a text protocol is scored with its own way of calling the segmenter
                 prompting=get_protocol(protocol).segmenter_call if protocol else "accumulate",
             )

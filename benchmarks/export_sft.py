@@ -92,7 +92,8 @@ from tqdm.auto import tqdm
 
 from medseg_agents.oracle import HybridExpert
 from medseg_env import actions as A
-from medseg_env.data import Dataset, load_dataset
+from medseg_env.data import Dataset, load_dataset, split
+from medseg_env.data.split import group_split, pixel_hash
 from medseg_env.env import PROMPTING_MODES, MedSegEnv
 from medseg_env.oracle import Oracle
 from medseg_env.segmenters.types import PromptKind, Prompts
@@ -130,7 +131,7 @@ DATA_FILES = {
 }
 STYLES = ("box", "click")
 SPLITS = ("train", "val", "all")
-SPLIT_BY = ("image", "source")
+SPLIT_BY = split.SPLIT_BY
 FORMATS = ("trl", "llamafactory")
 RECORDS = ("trajectory", "turn")
 HELDOUT_DATASETS = frozenset({"demo-heldout"})
@@ -284,45 +285,17 @@ class TrajectorySpec:
     style: str
 
 
-def split_groups(dataset: Dataset, split_by: str) -> list[str]:
-    """Each sample's group: its ``source_id``, or the SHA-256 of its image's pixels."""
-    if split_by == "source":
-        return [s.source_id for s in dataset]
-    keys: dict[int, str] = {}  # samples of one image share its (read-only) array
-    out = []
-    for sample in dataset:
-        key = keys.get(id(sample.image))
-        if key is None:
-            key = _pixel_hash(sample.image)
-            keys[id(sample.image)] = key
-        out.append(key)
-    return out
-
-
 def split_indices(dataset: Dataset, config: ExportConfig) -> list[int]:
     """The sample indices of ``config.split``, in dataset order.
 
-    The groups (``split_groups``) are shuffled by a generator seeded from ``split_seed`` and
-    the dataset's name; each in turn joins ``val`` when that brings ``val`` closer to
-    ``val_fraction`` of the samples. No group is on both sides.
+    ``medseg_env.data.split.group_split`` with a generator seeded from ``split_seed`` and the
+    dataset's name: no image (or source, with ``split_by="source"``) is on both sides.
     """
-    n = len(dataset)
     if config.split == "all":
-        return list(range(n))
-    groups = split_groups(dataset, config.split_by)
-    sizes: dict[str, int] = {}
-    for key in groups:
-        sizes[key] = sizes.get(key, 0) + 1
-    order = sorted(sizes)
+        return list(range(len(dataset)))
     rng = np.random.default_rng(stable_int("sft-split", config.split_seed, dataset.name))
-    target, val_count, val = config.val_fraction * n, 0, set()
-    for i in rng.permutation(len(order)):
-        key = order[int(i)]
-        if abs(val_count + sizes[key] - target) < abs(val_count - target):
-            val.add(key)
-            val_count += sizes[key]
-    want_val = config.split == "val"
-    return [i for i, key in enumerate(groups) if (key in val) == want_val]
+    train, val = group_split(dataset, config.val_fraction, rng, config.split_by)
+    return val if config.split == "val" else train
 
 
 def make_plan(dataset: Dataset, config: ExportConfig) -> list[TrajectorySpec]:
@@ -378,11 +351,10 @@ def load_export_dataset(config: ExportConfig) -> Dataset:
 
 def _pixel_hash(image: np.ndarray | Image.Image) -> str:
     """24 hex digits of the SHA-256 of an image's mode, size and pixels."""
-    if isinstance(image, Image.Image):
-        head, data = f"{image.mode}|{image.size}|", image.tobytes()
-    else:
-        head, data = f"{image.dtype}|{image.shape}|", np.ascontiguousarray(image).tobytes()
-    return hashlib.sha256(head.encode() + data).hexdigest()[:24]
+    if not isinstance(image, Image.Image):
+        return pixel_hash(image)
+    head = f"{image.mode}|{image.size}|"
+    return hashlib.sha256(head.encode() + image.tobytes()).hexdigest()[:24]
 
 
 def image_name(image: Image.Image) -> str:

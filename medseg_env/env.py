@@ -25,11 +25,11 @@ from skimage.transform import resize
 
 from . import actions as A
 from .data import Dataset, Sample, load_dataset
-from .geometry import LongestSide, to_pixels
+from .geometry import LongestSide, innermost_pixel, pixel_center, to_pixels
 from .metrics import dice_iou
 from .oracle import Oracle
 from .registry import UnknownNameError
-from .render import overlay, prompt_map
+from .render import hint_map, overlay, prompt_map
 from .rewards import REJECTED, Reward, StepContext
 from .segmenters import (
     Embedding,
@@ -96,6 +96,10 @@ def default_config() -> dict[str, Any]:
       evaluation: a box alone, a click alone once a mask exists, both with the previous
       logits, best of 3 candidates) or ``"medsam_agent_rl"`` (the new prompt alone with the
       previous logits); see ``MedSegEnv._predict``.
+    - ``target_hint``: ``True`` adds the ``hint`` key to the observation and ``target_hint`` to
+      ``info``: the target's innermost pixel, where a user points to say which structure to
+      segment. Without it a policy that sees only the image cannot tell which of many similar
+      objects (one nucleus among dozens) the episode is about; oracle policies do not need it.
 
     Integers are not truncated from floats (``64.0`` is refused), and ``bool`` is no number here.
     """
@@ -108,6 +112,7 @@ def default_config() -> dict[str, Any]:
         "reward": "dice_gain",
         "min_box_size": 2.0,
         "prompting": "accumulate",
+        "target_hint": False,
     }
 
 
@@ -119,6 +124,8 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         - ``mask``: ``(S, S, 1)`` uint8 in {0, 255}, the current mask (empty at reset).
         - ``prompts``: ``(S, S, 3)`` uint8 in {0, 255}: positive clicks, negative clicks, box.
         - ``turn``: ``(1,)`` int64, actions taken so far.
+        - ``hint`` (only with ``target_hint=True``): ``(S, S, 1)`` uint8 in {0, 255}, a disk
+          on the target's innermost pixel, drawn as a click of ``prompts`` is.
 
     Action (``Dict``, see ``medseg_env.actions``): ``kind`` (0 stop, 1 positive click,
     2 negative click, 3 box), ``point`` ``(x, y)`` and ``box`` ``(x0, y0, x1, y1)`` in [0, 1]
@@ -173,7 +180,9 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     reason), ``format_error`` (None, or why a text reply gave no action), ``turn``,
     ``num_prompts``, ``num_clicks``, ``num_boxes``, ``score`` (the segmenter's own quality
     estimate), ``sample_id``, ``sample_index``, ``source_id``,
-    ``modality``, ``target`` and ``spacing`` (mm per observation pixel, (row, col)).
+    ``modality``, ``target``, ``spacing`` (mm per observation pixel, (row, col)) and
+    ``target_hint`` (``(x, y)`` in [0, 1] observation coordinates, the centre of the hinted
+    pixel, with ``target_hint=True``; None without).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
@@ -191,6 +200,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
                 f"prompting must be one of {list(PROMPTING_MODES)}; got {config['prompting']!r}"
             )
         self.prompting: str = config["prompting"]
+        if not isinstance(config["target_hint"], (bool, np.bool_)):
+            raise TypeError(
+                f"MedSegEnv option target_hint must be a bool; got {config['target_hint']!r} "
+                f"({type(config['target_hint']).__name__})"
+            )
+        self.target_hint = bool(config["target_hint"])
+        config["target_hint"] = self.target_hint
         config.update(obs_size=size, max_turns=max_turns, min_box_size=min_box_size)
         self.config = config
         self.render_mode = render_mode
@@ -202,20 +218,19 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self.reward_fn = Reward(config["reward"])
 
         image_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        keys: dict[str, spaces.Space] = {
+            "image": image_space,
+            "mask": spaces.Box(0, 255, (size, size, 1), np.uint8),
+            "prompts": spaces.Box(0, 255, (size, size, 3), np.uint8),
+            "turn": spaces.Box(0, max_turns, (1,), np.int64),
+        }
+        if self.target_hint:
+            keys["hint"] = spaces.Box(0, 255, (size, size, 1), np.uint8)
         # gymnasium types a Dict space as Space[dict[str, Space]]; its elements are dicts of arrays.
-        self.observation_space = cast(
-            spaces.Space[Observation],
-            spaces.Dict(
-                {
-                    "image": image_space,
-                    "mask": spaces.Box(0, 255, (size, size, 1), np.uint8),
-                    "prompts": spaces.Box(0, 255, (size, size, 3), np.uint8),
-                    "turn": spaces.Box(0, max_turns, (1,), np.int64),
-                }
-            ),
-        )
+        self.observation_space = cast(spaces.Space[Observation], spaces.Dict(keys))
         self.action_space = A.action_space()
         self._framed: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
+        self._hints: dict[int, tuple[int, int]] = {}  # sample index -> innermost (row, col)
         self._sample_index = -1
         self._done = True
         self._episode_count = 0  # episodes started; with the turn, tells a stale StepPlan
@@ -616,12 +631,22 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
     def _obs(self) -> Observation:
         p = self._prompts
-        return {
+        obs = {
             "image": self._image.copy(),
             "mask": (self._mask[..., None] * np.uint8(255)).astype(np.uint8),
             "prompts": prompt_map(self._mask.shape, p.points, p.labels, p.box),
             "turn": np.array([self._turn], np.int64),
         }
+        if self.target_hint:
+            obs["hint"] = hint_map(self._mask.shape, *self._hint_pixel())
+        return obs
+
+    def _hint_pixel(self) -> tuple[int, int]:
+        """The current target's innermost canvas pixel ``(row, col)`` (memoised per sample)."""
+        index = self._sample_index
+        if index not in self._hints:
+            self._hints[index] = innermost_pixel(self._gt)
+        return self._hints[index]
 
     def _info(
         self, invalid: str | None, terms: dict[str, float], format_error: str | None = None
@@ -646,7 +671,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             "modality": sample.modality,
             "target": sample.target,
             "spacing": self._spacing,
+            "target_hint": self._hint_point() if self.target_hint else None,
         }
+
+    def _hint_point(self) -> tuple[float, float]:
+        row, col = self._hint_pixel()
+        x, y = pixel_center(row, col, self.obs_size)
+        return float(x), float(y)
 
     def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Letterbox sample ``index`` into the ``S×S`` canvas (memoised per sample).

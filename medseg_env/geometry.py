@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import ndimage
 
 PixelBox = tuple[int, int, int, int]
 """``(r0, c0, r1, c1)``: inclusive row/column pixel indices."""
@@ -165,6 +166,30 @@ def box_edges_from_mask(mask: np.ndarray) -> np.ndarray:
     if box is None:
         raise ValueError("box_edges_from_mask needs a non-empty mask")
     return np.array(pixel_box_edges(box), np.float32)
+
+
+def padded_distance(region: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels) of each pixel of ``region`` to the nearest pixel outside it.
+
+    ``region`` is an ``(H, W)`` bool mask; returns ``(H, W)`` float64, 0 outside the region.
+    The region is padded with one pixel of background first, so the image border counts as
+    boundary: a region touching the border is deepest away from it (RITM's ``padding=True``).
+    """
+    padded = np.pad(np.asarray(region, dtype=bool), 1, constant_values=False)
+    return ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+
+
+def innermost_pixel(mask: np.ndarray) -> tuple[int, int]:
+    """``(row, col)`` of the pixel of a non-empty mask farthest from its boundary.
+
+    Where a user clicks to say "this one" (and RITM's first simulated click); ties go to the
+    first pixel in row-major order, so the point is a pure function of the mask.
+    """
+    depth = padded_distance(mask)
+    if not depth.any():
+        raise ValueError("innermost_pixel needs a non-empty mask")
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(row), int(col)
 
 
 # ---------------------------------------------------------------------------------------------

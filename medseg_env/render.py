@@ -108,3 +108,15 @@ def prompt_map(
         rr, cc = rectangle(start, end=end, shape=shape)
         out[rr, cc, 2] = 255
     return out
+
+
+def hint_map(shape: tuple[int, int], row: int, col: int, radius: int = 2) -> np.ndarray:
+    """The target hint as a 1-channel uint8 image: a disk of ``radius`` pixels, 255 on 0.
+
+    Drawn like a click of ``prompt_map``, so a CNN sees "the user pointed here" the way it
+    sees its own clicks.
+    """
+    out = np.zeros((*shape, 1), np.uint8)
+    rr, cc = disk((row, col), radius, shape=shape)
+    out[rr, cc, 0] = 255
+    return out

@@ -55,14 +55,22 @@ class MultiDiscreteActions(gym.ActionWrapper):
                 f"outside {self.action_space}"
             )
         kind, c0, r0, c1, r1 = (int(v) for v in a)
-        # The grid is a G-pixel square frame: the geometry of pixel actions applies as is.
-        if kind == A.ActionKind.BOX:
-            lo_c, hi_c = sorted((c0, c1))
-            lo_r, hi_r = sorted((r0, r1))
-            return A.pixel_box(lo_r, lo_c, hi_r, hi_c, self.grid)
-        if kind == A.ActionKind.STOP:
-            return A.stop()
-        return A.pixel_click(r0, c0, self.grid, positive=kind == A.ActionKind.POSITIVE_CLICK)
+        return grid_action(kind, c0, r0, c1, r1, self.grid)
+
+
+def grid_action(kind: int, c0: int, r0: int, c1: int, r1: int, grid: int) -> A.Action:
+    """The structured action of a checked ``MultiDiscreteActions`` point (see its docstring).
+
+    For policies trained on that space that act on the env itself (``medseg_agents.rl.ppo``).
+    """
+    # The grid is a G-pixel square frame: the geometry of pixel actions applies as is.
+    if kind == A.ActionKind.BOX:
+        lo_c, hi_c = sorted((c0, c1))
+        lo_r, hi_r = sorted((r0, r1))
+        return A.pixel_box(lo_r, lo_c, hi_r, hi_c, grid)
+    if kind == A.ActionKind.STOP:
+        return A.stop()
+    return A.pixel_click(r0, c0, grid, positive=kind == A.ActionKind.POSITIVE_CLICK)
 
 
 _CONTINUOUS = (

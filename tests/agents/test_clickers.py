@@ -10,10 +10,11 @@ from scipy.spatial.distance import cdist
 
 from medseg_agents import IMISClicker, RITMClicker
 from medseg_agents.clickers import imis_click, next_click
-from medseg_agents.simulation import clicked_mask, padded_distance
+from medseg_agents.simulation import clicked_mask
 from medseg_env import actions
 from medseg_env.data import Dataset, Sample
 from medseg_env.env import MedSegEnv
+from medseg_env.geometry import padded_distance
 from medseg_env.segmenters import Embedding, EmbeddingCache, Prediction, Prompts, Segmenter
 
 S = 32

@@ -21,6 +21,7 @@ from medseg_bench import export_sft as X
 from medseg_bench.cli import main
 from medseg_bench.config import BenchError
 from medseg_env.data import Dataset
+from medseg_env.data.split import split_groups
 from medseg_env.text import ToolCall, get_protocol
 
 SEG = "classical"  # the real weight-free backend: milliseconds a call
@@ -167,7 +168,7 @@ def test_split_keeps_groups_disjoint(demo: Dataset) -> None:
         train = X.split_indices(demo, X.ExportConfig(split="train", **cfg))
         val = X.split_indices(demo, X.ExportConfig(split="val", **cfg))
         assert sorted(train + val) == list(range(len(demo))) and train and val
-        groups = X.split_groups(demo, split_by)
+        groups = split_groups(demo, split_by)
         assert not {groups[i] for i in train} & {groups[i] for i in val}
         if split_by == "image":  # no pixel-identical image on both sides
             assert not {demo[i].image.tobytes() for i in train} & {

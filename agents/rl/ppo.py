@@ -1,0 +1,589 @@
+"""PPO on ``MedSeg-v0`` with stable-baselines3: the agent's input, its training, its policy.
+
+``python -m medseg_agents.rl.ppo --out runs/ppo`` trains on ``demo`` (a validation split of its
+images held aside), writes the learning curve (``curve.csv``, ``curve.png``) and the policy
+with the best validation Dice (``policy.safetensors`` + ``policy.json``), which
+``medseg-bench run -p 'ppo:path=runs/ppo' --target-hint`` plays like any other policy.
+
+The task. Most bundled targets are one nucleus among dozens on the same image, so an agent
+that sees only the image cannot know which one an episode is about: the env's
+``target_hint`` option shows the target's innermost pixel, the way a user points at it, and
+the agent learns to turn that cue and the image into prompts (where to click, when to stop).
+
+The agent's input (``policy_input``): the ``S×S`` observation reduced to ``size×size``,
+channels first, uint8: the grey image (area mean), then the mask, the hint and the prompt map
+(positive clicks, negative clicks, box; "any pixel set", so a click never vanishes). Actions
+are ``MedSeg-MultiDiscrete-v0``'s ``[kind, c0, r0, c1, r1]`` on a ``grid×grid`` grid over the
+observation, so the policy does not depend on ``S``.
+
+The network (``SpatialCNN``) is fully convolutional down to a ``grid×grid`` map, and the
+action heads read that map linearly: a column logit can sum its column, so "click where the
+hint is" is a local rule rather than a position the network must encode in a bottleneck
+(the FullyConv agents of SC2LE read spatial actions the same way). SB3's NatureCNN, with its
+512-wide bottleneck, learned the task far more slowly here.
+
+Checkpoints are safetensors of the SB3 policy's weights plus a JSON of how to rebuild it (no
+pickle is ever loaded); ``PPOPolicy`` stops by itself at the turn horizon it was trained for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from safetensors.torch import load_model, save_model
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.policies import ActorCriticCnnPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
+
+from medseg_env import actions as A
+from medseg_env.data import Dataset, load_dataset
+from medseg_env.data.split import group_split
+from medseg_env.env import MedSegEnv
+from medseg_env.wrappers.sb3_actions import MultiDiscreteActions, grid_action
+
+from ..base import Info, Observation, Policy
+
+CHANNELS = ("image", "mask", "hint", "positive_clicks", "negative_clicks", "box")
+"""The agent's input channels, in order."""
+
+FORMAT = "medseg-ppo-1"
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent's input
+# ---------------------------------------------------------------------------------------------
+
+
+def policy_input(obs: Observation, size: int) -> np.ndarray:
+    """``(6, size, size)`` uint8: the observation as the agent sees it (see the module doc).
+
+    Raises:
+        ValueError: the observation has no ``hint`` (the env was made without
+            ``target_hint=True``).
+    """
+    if "hint" not in obs:
+        raise ValueError(
+            "the PPO agent needs the target hint: make the env with target_hint=True "
+            "(medseg-bench run --target-hint)"
+        )
+    # INTER_AREA over whole k×k blocks is their exact mean; a mark channel (0/255) is "any
+    # pixel set", so a click never vanishes. cv2 does both in well under a millisecond.
+    grey = cv2.resize(obs["image"], (size, size), interpolation=cv2.INTER_AREA).mean(axis=-1)
+    marks = np.concatenate([obs["mask"], obs["hint"], obs["prompts"]], axis=-1)
+    marks = cv2.resize(marks, (size, size), interpolation=cv2.INTER_AREA) > 0
+    out = np.empty((len(CHANNELS), size, size), np.uint8)
+    out[0] = np.round(grey)
+    out[1:] = marks.transpose(2, 0, 1) * np.uint8(255)
+    return out
+
+
+class PolicyInput(gym.ObservationWrapper):
+    """The env's ``Dict`` observation as ``policy_input``: ``Box(0, 255, (6, size, size))``."""
+
+    def __init__(self, env: gym.Env, size: int) -> None:
+        super().__init__(env)
+        self.size = int(size)
+        self.observation_space = spaces.Box(0, 255, (len(CHANNELS), size, size), np.uint8)
+
+    def observation(self, observation: Observation) -> np.ndarray:
+        return policy_input(observation, self.size)
+
+
+class SpatialCNN(BaseFeaturesExtractor):
+    """Convolutions from ``(6, size, size)`` to a ``(channels, grid, grid)`` map, flattened.
+
+    Three 3×3 convolutions with ReLU, the first two with a stride that halves the side, then
+    adaptive average pooling to ``grid×grid`` (a no-op for ``size = 4·grid``); padding keeps
+    every cell's neighbourhood. Striding at once keeps a PPO update cheap on a CPU.
+    """
+
+    def __init__(self, observation_space: spaces.Box, grid: int = 16, channels: int = 16) -> None:
+        super().__init__(observation_space, features_dim=channels * grid * grid)
+        c = observation_space.shape[0]
+        self.net = nn.Sequential(
+            nn.Conv2d(c, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(grid),
+            nn.Flatten(),
+        )
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.net(observations)
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """How the agent sees and acts; stored beside its weights (``policy.json``).
+
+    Attributes:
+        size: side of the agent's input, pixels.
+        grid: cells per side of the action grid.
+        horizon: turns per training episode (the env's ``max_turns``); the policy stops there.
+        obs_size: the env's canvas side it was trained on (any multiple of ``size`` works).
+        segmenter: the backend it was trained with.
+        channels: channels of ``SpatialCNN``'s ``grid×grid`` output map.
+        value_arch: hidden layers of the critic head (the actor reads the map linearly).
+    """
+
+    size: int = 64
+    grid: int = 16
+    horizon: int = 3
+    obs_size: int = 256
+    segmenter: str = "classical"
+    channels: int = 16
+    value_arch: tuple[int, ...] = (64,)
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        return {
+            "net_arch": {"pi": [], "vf": list(self.value_arch)},
+            "features_extractor_class": SpatialCNN,
+            "features_extractor_kwargs": {"grid": self.grid, "channels": self.channels},
+            "share_features_extractor": True,
+        }
+
+    def observation_space(self) -> spaces.Box:
+        return spaces.Box(0, 255, (len(CHANNELS), self.size, self.size), np.uint8)
+
+    def action_space(self) -> spaces.MultiDiscrete:
+        return spaces.MultiDiscrete([len(A.ActionKind)] + [self.grid] * 4)
+
+
+def make_env(dataset: Dataset, spec: AgentSpec, **env_options: Any) -> gym.Env:
+    """``MedSegEnv`` with the target hint, the grid actions and the agent's input."""
+    env = MedSegEnv(
+        dataset=dataset,
+        segmenter=spec.segmenter,
+        obs_size=spec.obs_size,
+        max_turns=spec.horizon,
+        target_hint=True,
+        **env_options,
+    )
+    return PolicyInput(MultiDiscreteActions(env, grid=spec.grid), spec.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading (safetensors + JSON; nothing is unpickled)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_policy(spec: AgentSpec) -> ActorCriticCnnPolicy:
+    """An untrained SB3 policy of ``spec``'s shape, on the CPU."""
+    return ActorCriticCnnPolicy(
+        spec.observation_space(), spec.action_space(), lambda _: 0.0, **spec.policy_kwargs()
+    )
+
+
+def save_policy(policy: ActorCriticCnnPolicy, spec: AgentSpec, folder: Path, **meta: Any) -> None:
+    """Write ``policy.safetensors`` and ``policy.json`` into ``folder`` (atomically each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "policy.safetensors.tmp"
+    save_model(policy, str(tmp))  # shared feature-extractor weights are stored once
+    tmp.replace(folder / "policy.safetensors")
+    info = {"format": FORMAT, "spec": asdict(spec), **meta}
+    tmp = folder / "policy.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(folder / "policy.json")
+
+
+def load_policy(path: str | Path) -> tuple[ActorCriticCnnPolicy, AgentSpec, dict[str, Any]]:
+    """The policy saved in folder ``path`` (or its ``policy.json``), its spec and metadata.
+
+    Raises:
+        FileNotFoundError: no ``policy.json`` / ``policy.safetensors`` there.
+        ValueError: a JSON of another format or with unknown spec keys, or weights that do not
+            fit the spec (the message names the file).
+    """
+    folder = Path(path).expanduser()
+    if folder.name == "policy.json":
+        folder = folder.parent
+    meta_path, weights_path = folder / "policy.json", folder / "policy.safetensors"
+    for p in (meta_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"PPO policy: {p} not found (a folder written by python -m medseg_agents.rl.ppo)"
+            )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"PPO policy: {meta_path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"PPO policy: {meta_path} is not a {FORMAT!r} file")
+    try:
+        raw = dict(meta["spec"])
+        raw["value_arch"] = tuple(raw.get("value_arch", AgentSpec.value_arch))
+        spec = AgentSpec(**raw)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"PPO policy: {meta_path} has a bad 'spec' ({err})") from None
+    policy = build_policy(spec)
+    try:
+        missing, unexpected = load_model(policy, str(weights_path), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    except (RuntimeError, OSError) as err:
+        raise ValueError(f"PPO policy: {weights_path} does not fit {meta_path} ({err})") from None
+    policy.set_training_mode(False)
+    return policy, spec, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark policy
+# ---------------------------------------------------------------------------------------------
+
+
+class PPOPolicy(Policy):
+    """A trained PPO agent as a ``medseg-bench`` policy: ``-p 'ppo:path=FOLDER'``.
+
+    The env must be made with ``target_hint=True`` (``medseg-bench run --target-hint``). The
+    agent stops at the turn horizon it was trained for. ``deterministic=False`` samples its
+    action distribution with ``self.rng`` (seeded by the benchmark) instead of taking modes.
+    """
+
+    name = "ppo"
+    episode_batch = 16
+
+    def __init__(
+        self, path: str, seed: int | None = None, deterministic: bool = True, threads: int = 0
+    ) -> None:
+        super().__init__(seed)
+        self.policy, self.spec, self.meta = load_policy(path)
+        self.deterministic = bool(deterministic)
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    def act(self, obs: Observation, info: Info, env: gym.Env | None = None) -> A.Action:
+        return self.act_batch([obs], [info])[0]
+
+    def act_batch(
+        self,
+        observations: Sequence[Observation],
+        infos: Sequence[Info],
+        envs: Sequence[gym.Env | None] | None = None,
+    ) -> list[A.Action]:
+        if len(observations) != len(infos):
+            raise ValueError(f"{len(observations)} observations but {len(infos)} infos")
+        if not observations:
+            return []
+        batch = np.stack([policy_input(o, self.spec.size) for o in observations])
+        with torch.no_grad():
+            dist = self.policy.get_distribution(torch.as_tensor(batch))
+            probs = [d.probs.numpy() for d in dist.distribution]
+        out = []
+        for i, obs in enumerate(observations):
+            if int(obs["turn"][0]) >= self.spec.horizon:
+                out.append(A.stop())
+                continue
+            if self.deterministic:
+                values = [int(np.argmax(p[i])) for p in probs]
+            else:
+                values = [int(self.rng.choice(len(p[i]), p=p[i] / p[i].sum())) for p in probs]
+            out.append(grid_action(*values, grid=self.spec.grid))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The training run (``python -m medseg_agents.rl.ppo --help``)."""
+
+    out: str
+    dataset: str = "demo"
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    timesteps: int = 200_000
+    minutes: float = 30.0
+    n_envs: int = 8
+    n_steps: int = 128
+    batch_size: int = 256
+    n_epochs: int = 4
+    learning_rate: float = 3e-4
+    ent_coef: float = 0.01
+    gamma: float = 0.95
+    eval_every: int = 10_240
+    threads: int = 2
+    spec: AgentSpec = field(default_factory=AgentSpec)
+
+
+def subset(dataset: Dataset, indices: Sequence[int], part: str) -> Dataset:
+    return Dataset([dataset[i] for i in indices], f"{dataset.name}[{part}]")
+
+
+def evaluate(policy: ActorCriticCnnPolicy, env: gym.Env, n: int) -> tuple[float, float, float]:
+    """Greedy episodes on samples ``0..n-1`` of ``env``: (mean final Dice, its std, turns)."""
+    dices, turns = [], []
+    for index in range(n):
+        obs, info = env.reset(options={"sample_index": index})
+        done = False
+        while not done:
+            with torch.no_grad():
+                action, _ = policy.predict(obs, deterministic=True)
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        dices.append(info["dice"])
+        turns.append(info["turn"])
+    return float(np.mean(dices)), float(np.std(dices)), float(np.mean(turns))
+
+
+class CurveCallback(BaseCallback):
+    """Every ``every`` steps: validation Dice, training returns, the best policy saved; CSV."""
+
+    COLUMNS = (
+        "timesteps",
+        "minutes",
+        "train_return",
+        "train_dice",
+        "train_episodes",
+        "val_dice",
+        "val_dice_std",
+        "val_turns",
+    )
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        val_env: gym.Env,
+        n_val: int,
+        folder: Path,
+        started: float,
+    ) -> None:
+        super().__init__()
+        self.config, self.val_env, self.n_val, self.folder = config, val_env, n_val, folder
+        self.started = started
+        self.next_eval = 0
+        self.best = -math.inf
+        self.rows: list[dict[str, float]] = []
+        self._returns: list[float] = []
+        self._dices: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is not None:
+                self._returns.append(float(episode["r"]))
+                self._dices.append(float(info["dice"]))
+        if self.num_timesteps >= self.next_eval:
+            self._evaluate()
+            self.next_eval += self.config.eval_every
+        return (time.perf_counter() - self.started) / 60 < self.config.minutes
+
+    def _on_training_end(self) -> None:
+        if not self.rows or self.rows[-1]["timesteps"] != self.num_timesteps:
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        dice, std, turns = evaluate(self.model.policy, self.val_env, self.n_val)
+        self.model.policy.set_training_mode(False)
+        row = {
+            "timesteps": self.num_timesteps,
+            "minutes": (time.perf_counter() - self.started) / 60,
+            "train_return": float(np.mean(self._returns)) if self._returns else math.nan,
+            "train_dice": float(np.mean(self._dices)) if self._dices else math.nan,
+            "train_episodes": len(self._returns),
+            "val_dice": dice,
+            "val_dice_std": std,
+            "val_turns": turns,
+        }
+        self._returns, self._dices = [], []
+        self.rows.append(row)
+        write_curve(self.rows, self.folder / "curve.csv")
+        if dice > self.best:
+            self.best = dice
+            save_policy(
+                self.model.policy,
+                self.config.spec,
+                self.folder,
+                timesteps=self.num_timesteps,
+                val_dice=dice,
+                val_samples=self.n_val,
+                train_config={k: v for k, v in asdict(self.config).items() if k != "spec"},
+            )
+        print(
+            f"[ppo] {row['timesteps']:>7} steps {row['minutes']:5.1f} min  "
+            f"train return {row['train_return']:.3f} dice {row['train_dice']:.3f}  "
+            f"val dice {dice:.3f} ± {std:.3f} ({turns:.1f} turns)",
+            flush=True,
+        )
+
+
+def write_curve(rows: list[dict[str, float]], path: Path) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, CurveCallback.COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def plot_curve(rows: list[dict[str, float]], path: Path, baseline: float | None = None) -> None:
+    """``curve.png``: validation Dice (with its spread) and training Dice against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["timesteps"] for r in rows])
+    val = np.array([r["val_dice"] for r in rows])
+    std = np.array([r["val_dice_std"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(steps, val, marker="o", label="validation Dice (greedy)")
+    ax.fill_between(steps, val - std, val + std, alpha=0.2)
+    ax.plot(steps, [r["train_dice"] for r in rows], label="training Dice (sampled)")
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", c="grey", label="random policy (validation)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("final Dice")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def random_baseline(env: gym.Env, n: int, seed: int) -> float:
+    """Mean final Dice of uniformly random grid actions on validation samples ``0..n-1``."""
+    env.action_space.seed(seed)
+    dices = []
+    for index in range(n):
+        env.reset(options={"sample_index": index})
+        done, info = False, {}
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.action_space.sample())
+            done = terminated or truncated
+        dices.append(info["dice"])
+    return float(np.mean(dices))
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, writing ``curve.csv``, ``curve.png``, the best policy and ``summary.json``."""
+    torch.set_num_threads(config.threads)
+    folder = Path(config.out).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = load_dataset(config.dataset)
+    if dataset.name == "demo-heldout":
+        raise ValueError("demo-heldout is held out for the final evaluation; train on demo")
+    rng = np.random.default_rng(config.split_seed)
+    train_idx, val_idx = group_split(dataset, config.val_fraction, rng)
+    train_set, val_set = subset(dataset, train_idx, "train"), subset(dataset, val_idx, "val")
+    spec = config.spec
+
+    def factory(rank: int) -> Callable[[], gym.Env]:
+        return lambda: Monitor(make_env(train_set, spec))
+
+    vec = DummyVecEnv([factory(i) for i in range(config.n_envs)])
+    vec.seed(config.seed)
+    val_env = make_env(val_set, spec)
+    baseline = random_baseline(make_env(val_set, spec), len(val_set), config.seed)
+    model = PPO(
+        ActorCriticCnnPolicy,
+        vec,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        learning_rate=config.learning_rate,
+        ent_coef=config.ent_coef,
+        gamma=config.gamma,
+        policy_kwargs=spec.policy_kwargs(),
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+    )
+    started = time.perf_counter()
+    callback = CurveCallback(config, val_env, len(val_set), folder, started)
+    model.learn(config.timesteps, callback=callback)
+    minutes = (time.perf_counter() - started) / 60
+    plot_curve(callback.rows, folder / "curve.png", baseline)
+    summary = {
+        "timesteps": int(model.num_timesteps),
+        "minutes": minutes,
+        "best_val_dice": callback.best,
+        "final_val_dice": callback.rows[-1]["val_dice"],
+        "random_val_dice": baseline,
+        "train_samples": len(train_set),
+        "val_samples": len(val_set),
+        "threads": config.threads,
+        "config": {k: v for k, v in asdict(config).items() if k != "spec"},
+        "spec": asdict(spec),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    d, s = TrainConfig(out=""), AgentSpec()
+    p = argparse.ArgumentParser(prog="python -m medseg_agents.rl.ppo", description=__doc__)
+    p.add_argument("--out", required=True, help="folder for the curve, the policy, the summary")
+    p.add_argument("--dataset", default=d.dataset, help=f"training data (default {d.dataset})")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--split-seed", type=int, default=d.split_seed)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--timesteps", type=int, default=d.timesteps)
+    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock limit")
+    p.add_argument("--n-envs", type=int, default=d.n_envs)
+    p.add_argument("--n-steps", type=int, default=d.n_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--n-epochs", type=int, default=d.n_epochs)
+    p.add_argument("--lr", type=float, default=d.learning_rate)
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--segmenter", default=s.segmenter)
+    p.add_argument("--size", type=int, default=s.size, help="agent input side, px")
+    p.add_argument("--grid", type=int, default=s.grid)
+    p.add_argument("--horizon", type=int, default=s.horizon, help="turns per episode")
+    p.add_argument("--obs-size", type=int, default=s.obs_size)
+    a = p.parse_args(argv)
+    spec = AgentSpec(
+        size=a.size, grid=a.grid, horizon=a.horizon, obs_size=a.obs_size, segmenter=a.segmenter
+    )
+    config = TrainConfig(
+        out=a.out,
+        dataset=a.dataset,
+        val_fraction=a.val_fraction,
+        split_seed=a.split_seed,
+        seed=a.seed,
+        timesteps=a.timesteps,
+        minutes=a.minutes,
+        n_envs=a.n_envs,
+        n_steps=a.n_steps,
+        batch_size=a.batch_size,
+        n_epochs=a.n_epochs,
+        learning_rate=a.lr,
+        ent_coef=a.ent_coef,
+        gamma=a.gamma,
+        eval_every=a.eval_every,
+        threads=a.threads,
+        spec=spec,
+    )
+    summary = train(config)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "spec")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
