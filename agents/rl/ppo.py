@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import gymnasium as gym
@@ -46,6 +46,7 @@ from gymnasium import spaces
 from safetensors.torch import load_model, save_model
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import MultiCategoricalDistribution
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -251,6 +252,14 @@ def load_policy(path: str | Path) -> tuple[ActorCriticCnnPolicy, AgentSpec, dict
 # ---------------------------------------------------------------------------------------------
 
 
+def action_probs(policy: ActorCriticCnnPolicy, batch: torch.Tensor) -> list[np.ndarray]:
+    """Each action head's probabilities, ``(batch, n_i)`` per head ``[kind, c0, r0, c1, r1]``."""
+    dist = policy.get_distribution(batch)
+    if not isinstance(dist, MultiCategoricalDistribution):
+        raise TypeError(f"expected a MultiDiscrete policy; got {type(dist).__name__}")
+    return [d.probs.numpy() for d in dist.distribution]
+
+
 class PPOPolicy(Policy):
     """A trained PPO agent as a ``medseg-bench`` policy: ``-p 'ppo:path=FOLDER'``.
 
@@ -286,8 +295,7 @@ class PPOPolicy(Policy):
             return []
         batch = np.stack([policy_input(o, self.spec.size) for o in observations])
         with torch.no_grad():
-            dist = self.policy.get_distribution(torch.as_tensor(batch))
-            probs = [d.probs.numpy() for d in dist.distribution]
+            probs = action_probs(self.policy, torch.as_tensor(batch))
         out = []
         for i, obs in enumerate(observations):
             if int(obs["turn"][0]) >= self.spec.horizon:
@@ -297,7 +305,8 @@ class PPOPolicy(Policy):
                 values = [int(np.argmax(p[i])) for p in probs]
             else:
                 values = [int(self.rng.choice(len(p[i]), p=p[i] / p[i].sum())) for p in probs]
-            out.append(grid_action(*values, grid=self.spec.grid))
+            kind, c0, r0, c1, r1 = values
+            out.append(grid_action(kind, c0, r0, c1, r1, self.spec.grid))
         return out
 
 
@@ -396,7 +405,8 @@ class CurveCallback(BaseCallback):
             self._evaluate()
 
     def _evaluate(self) -> None:
-        dice, std, turns = evaluate(self.model.policy, self.val_env, self.n_val)
+        policy = cast(ActorCriticCnnPolicy, self.model.policy)
+        dice, std, turns = evaluate(policy, self.val_env, self.n_val)
         self.model.policy.set_training_mode(False)
         row = {
             "timesteps": self.num_timesteps,
@@ -414,7 +424,7 @@ class CurveCallback(BaseCallback):
         if dice > self.best:
             self.best = dice
             save_policy(
-                self.model.policy,
+                policy,
                 self.config.spec,
                 self.folder,
                 timesteps=self.num_timesteps,
@@ -471,7 +481,7 @@ def random_baseline(env: gym.Env, n: int, seed: int) -> float:
     dices = []
     for index in range(n):
         env.reset(options={"sample_index": index})
-        done, info = False, {}
+        done, info = False, dict[str, Any]()
         while not done:
             _, _, terminated, truncated, info = env.step(env.action_space.sample())
             done = terminated or truncated

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from medseg_agents.clickers import next_click
-from medseg_agents.simulation import padded_distance
-from medseg_env.geometry import box_edges_from_mask
+from medseg_env.geometry import box_edges_from_mask, padded_distance
 
 Click = tuple[float, float, int]  # (x, y, label): a pixel centre and 1 / 0 (positive / negative)
 
