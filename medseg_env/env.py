@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -55,6 +56,9 @@ RESET_OPTIONS = ("sample_index", "sample_id")
 """The keys ``MedSegEnv.reset(options=...)`` takes."""
 
 MIN_OBS_SIZE = 16
+
+FRAME_MEMO_BYTES = 128 * 2**20
+"""Bound of each env's memo of letterboxed samples (about 500 canvases at ``obs_size`` 256)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,7 +233,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         # gymnasium types a Dict space as Space[dict[str, Space]]; its elements are dicts of arrays.
         self.observation_space = cast(spaces.Space[Observation], spaces.Dict(keys))
         self.action_space = A.action_space()
-        self._framed: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = {}
+        # Letterboxed samples, most recently used last, bounded by FRAME_MEMO_BYTES.
+        self._framed: OrderedDict[int, tuple[np.ndarray, np.ndarray, tuple[float, float]]] = (
+            OrderedDict()
+        )
+        self._framed_bytes = 0
         self._hints: dict[int, tuple[int, int]] = {}  # sample index -> innermost (row, col)
         self._sample_index = -1
         self._done = True
@@ -682,13 +690,22 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
         """Letterbox sample ``index`` into the ``S×S`` canvas (memoised per sample).
 
-        The memoised target is read-only: every episode on the sample shares it.
+        The memo keeps the most recently used canvases up to ``FRAME_MEMO_BYTES``, so a long
+        run over a large dataset does not hold a second copy of all of it. The memoised
+        target is read-only: every episode on the sample shares it.
         """
-        if index not in self._framed:
-            image, target, spacing = letterbox(self.dataset[index], self.obs_size)
-            target.flags.writeable = False
-            self._framed[index] = image, target, spacing
-        return self._framed[index]
+        framed = self._framed.get(index)
+        if framed is not None:
+            self._framed.move_to_end(index)
+            return framed
+        image, target, spacing = letterbox(self.dataset[index], self.obs_size)
+        target.flags.writeable = False
+        framed = self._framed[index] = image, target, spacing
+        self._framed_bytes += image.nbytes + target.nbytes
+        while self._framed_bytes > FRAME_MEMO_BYTES and len(self._framed) > 1:
+            _, (old_image, old_target, _) = self._framed.popitem(last=False)
+            self._framed_bytes -= old_image.nbytes + old_target.nbytes
+        return framed
 
 
 def _frozen_copy(array: np.ndarray) -> np.ndarray:

@@ -117,6 +117,7 @@ class SpatialCNN(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: spaces.Box, grid: int = 16, channels: int = 16) -> None:
         super().__init__(observation_space, features_dim=channels * grid * grid)
+        self.channels, self.grid = channels, grid
         c = observation_space.shape[0]
         self.net = nn.Sequential(
             nn.Conv2d(c, 32, 3, stride=2, padding=1),
@@ -131,6 +132,53 @@ class SpatialCNN(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.net(observations)
+
+
+class SpatialHeads(nn.Module):
+    """The action logits ``[kind, c0, r0, c1, r1]`` read from ``SpatialCNN``'s map.
+
+    ``kind`` is a linear layer over the whole map. The cells come from two heat maps made by
+    one 3×3 convolution shared by every cell (the first point: a click or a box corner; the
+    second corner): a column's logit is the log-sum-exp of its heat map's column, a row's of
+    its row, i.e. the marginals of a softmax over the map. Sharing the convolution across cells
+    means one rewarded click at the hint teaches "click at the hint" everywhere at once.
+    """
+
+    def __init__(self, channels: int, grid: int, kinds: int = len(A.ActionKind)) -> None:
+        super().__init__()
+        self.channels, self.grid = channels, grid
+        self.kind = nn.Linear(channels * grid * grid, kinds)
+        self.maps = nn.Conv2d(channels, 2, 3, padding=1)
+        for layer in (self.kind, self.maps):  # near-uniform at first, as SB3 starts its heads
+            nn.init.orthogonal_(layer.weight, gain=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        maps = self.maps(latent.view(-1, self.channels, self.grid, self.grid))
+        first, second = maps[:, 0], maps[:, 1]  # (batch, rows, columns)
+        return torch.cat(
+            [
+                self.kind(latent),
+                torch.logsumexp(first, dim=1),  # c0: one logit per column
+                torch.logsumexp(first, dim=2),  # r0: one per row
+                torch.logsumexp(second, dim=1),
+                torch.logsumexp(second, dim=2),
+            ],
+            dim=1,
+        )
+
+
+class SpatialPolicy(ActorCriticCnnPolicy):
+    """SB3's actor-critic with ``SpatialCNN`` features and ``SpatialHeads`` as the actor."""
+
+    def _build(self, lr_schedule: Callable[[float], float]) -> None:
+        super()._build(lr_schedule)
+        extractor = cast(SpatialCNN, self.features_extractor)
+        self.action_net = SpatialHeads(extractor.channels, extractor.grid)
+        # the optimiser was made over the replaced head: make it over the policy as it is now
+        self.optimizer = self.optimizer_class(
+            self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
+        )
 
 
 @dataclass(frozen=True)
@@ -190,7 +238,7 @@ def make_env(dataset: Dataset, spec: AgentSpec, **env_options: Any) -> gym.Env:
 
 def build_policy(spec: AgentSpec) -> ActorCriticCnnPolicy:
     """An untrained SB3 policy of ``spec``'s shape, on the CPU."""
-    return ActorCriticCnnPolicy(
+    return SpatialPolicy(
         spec.observation_space(), spec.action_space(), lambda _: 0.0, **spec.policy_kwargs()
     )
 
@@ -510,7 +558,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     val_env = make_env(val_set, spec)
     baseline = random_baseline(make_env(val_set, spec), len(val_set), config.seed)
     model = PPO(
-        ActorCriticCnnPolicy,
+        SpatialPolicy,
         vec,
         n_steps=config.n_steps,
         batch_size=config.batch_size,
