@@ -380,10 +380,24 @@ class TrainConfig:
     n_epochs: int = 4
     learning_rate: float = 3e-4
     ent_coef: float = 0.01
+    shaping: float = 0.1
     gamma: float = 0.95
     eval_every: int = 10_240
     threads: int = 2
     spec: AgentSpec = field(default_factory=AgentSpec)
+
+
+def training_reward(shaping: float) -> dict[str, float]:
+    """The default ``dice_gain`` preset plus ``prompt_proximity`` shaping at weight ``shaping``.
+
+    Validation and the benchmark score Dice alone; the shaping only helps exploration: a
+    random click lands on a small target about once in a hundred tries, and without it every
+    miss looks the same.
+    """
+    reward = {"dice_gain": 1.0, "step": -0.01, "invalid_action": -0.05}
+    if shaping:
+        reward["prompt_proximity"] = float(shaping)
+    return reward
 
 
 def subset(dataset: Dataset, indices: Sequence[int], part: str) -> Dataset:
@@ -551,7 +565,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     spec = config.spec
 
     def factory(rank: int) -> Callable[[], gym.Env]:
-        return lambda: Monitor(make_env(train_set, spec))
+        return lambda: Monitor(make_env(train_set, spec, reward=training_reward(config.shaping)))
 
     vec = DummyVecEnv([factory(i) for i in range(config.n_envs)])
     vec.seed(config.seed)
@@ -609,6 +623,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=d.learning_rate)
     p.add_argument("--ent-coef", type=float, default=d.ent_coef)
     p.add_argument("--gamma", type=float, default=d.gamma)
+    p.add_argument(
+        "--shaping",
+        type=float,
+        default=d.shaping,
+        help=f"weight of the prompt_proximity training reward (default {d.shaping}; 0: none)",
+    )
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--segmenter", default=s.segmenter)
@@ -635,6 +655,7 @@ def main(argv: list[str] | None = None) -> None:
         learning_rate=a.lr,
         ent_coef=a.ent_coef,
         gamma=a.gamma,
+        shaping=a.shaping,
         eval_every=a.eval_every,
         threads=a.threads,
         spec=spec,

@@ -112,3 +112,28 @@ def test_presets_in_the_env_sum_their_terms(preset, small_demo):
         assert total == pytest.approx(info["dice"])
     if preset == "medsam_agent":
         assert 0.0 <= total <= 0.8  # the invalid click loses the 0.2 format part
+
+
+def test_prompt_proximity_grades_misses_by_distance_to_the_target():
+    from medseg_env.rewards import prompt_proximity
+
+    gt = np.zeros((64, 64), bool)
+    gt[10:14, 10:14] = True  # pixel centres 10.5..13.5
+    click = lambda x, y, positive=True: ctx(  # noqa: E731
+        ground_truth=gt,
+        action=actions.click(x / 64, y / 64, positive=positive),
+        kind=1 if positive else 2,
+    )
+    assert prompt_proximity(click(12, 12)) == 1.0  # on the target
+    # 8 px right of the nearest pixel centre (13.5): 1 - 8 / (64 / 4)
+    assert prompt_proximity(click(21.5, 12.5)) == pytest.approx(0.5)
+    assert prompt_proximity(click(60, 60)) == 0.0  # beyond a quarter of the canvas
+    assert prompt_proximity(click(12, 12, positive=False)) == 0.0
+    assert prompt_proximity(ctx(ground_truth=gt, action=actions.stop(), kind=0)) == 0.0
+    box = ctx(ground_truth=gt, action=actions.box(0.0, 0.0, 24 / 64, 24 / 64), kind=3)
+    assert prompt_proximity(box) == 1.0  # its centre (12, 12) is on the target
+    missed = ctx(ground_truth=gt, action=actions.click(0.9, 0.9, positive=True), kind=1)
+    assert prompt_proximity(ctx(**{**missed.__dict__, "valid": False})) == 0.0
+    # usable by name in a composition, with its weight
+    _, terms = Reward({"dice_gain": 1.0, "prompt_proximity": 0.1})(click(21.5, 12.5))
+    assert terms["prompt_proximity"] == pytest.approx(0.05)
