@@ -372,17 +372,17 @@ class TrainConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     seed: int = 0
-    timesteps: int = 200_000
-    minutes: float = 30.0
+    timesteps: int = 1_000_000
+    minutes: float = 28.0
     n_envs: int = 8
     n_steps: int = 128
-    batch_size: int = 256
-    n_epochs: int = 4
-    learning_rate: float = 3e-4
+    batch_size: int = 128
+    n_epochs: int = 10
+    learning_rate: float = 5e-4
     ent_coef: float = 0.01
-    shaping: float = 0.1
+    shaping: float = 0.3
     gamma: float = 0.95
-    eval_every: int = 10_240
+    eval_every: int = 8192
     threads: int = 2
     spec: AgentSpec = field(default_factory=AgentSpec)
 
