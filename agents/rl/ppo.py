@@ -149,9 +149,11 @@ class SpatialHeads(nn.Module):
         self.channels, self.grid = channels, grid
         self.kind = nn.Linear(channels * grid * grid, kinds)
         self.maps = nn.Conv2d(channels, 2, 3, padding=1)
-        for layer in (self.kind, self.maps):  # near-uniform at first, as SB3 starts its heads
-            nn.init.orthogonal_(layer.weight, gain=0.01)
-            nn.init.zeros_(layer.bias)
+        # near-uniform at first, as SB3 starts its heads
+        nn.init.orthogonal_(self.kind.weight, gain=0.01)
+        nn.init.zeros_(self.kind.bias)
+        nn.init.orthogonal_(self.maps.weight, gain=0.01)
+        nn.init.zeros_(cast(torch.Tensor, self.maps.bias))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         maps = self.maps(latent.view(-1, self.channels, self.grid, self.grid))
@@ -176,7 +178,7 @@ class SpatialPolicy(ActorCriticCnnPolicy):
         extractor = cast(SpatialCNN, self.features_extractor)
         self.action_net = SpatialHeads(extractor.channels, extractor.grid)
         # the optimiser was made over the replaced head: make it over the policy as it is now
-        self.optimizer = self.optimizer_class(
+        self.optimizer = self.optimizer_class(  # type: ignore[call-arg]  # as SB3's _build
             self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs
         )
 
