@@ -57,6 +57,7 @@ from medseg_env import actions as A
 from medseg_env.data import Dataset, load_dataset
 from medseg_env.data.split import group_split
 from medseg_env.env import MedSegEnv
+from medseg_env.rewards import PRESETS
 from medseg_env.wrappers.sb3_actions import MultiDiscreteActions, grid_action
 
 from ..base import Info, Observation, Policy
@@ -393,10 +394,10 @@ def training_reward(shaping: float) -> dict[str, float]:
     """The default ``dice_gain`` preset plus ``prompt_proximity`` shaping at weight ``shaping``.
 
     Validation and the benchmark score Dice alone; the shaping only helps exploration: a
-    random click lands on a small target about once in a hundred tries, and without it every
-    miss looks the same.
+    random click lands on a small target about once in a few hundred tries, and without it
+    every miss looks the same.
     """
-    reward = {"dice_gain": 1.0, "step": -0.01, "invalid_action": -0.05}
+    reward = dict(PRESETS.get("dice_gain"))
     if shaping:
         reward["prompt_proximity"] = float(shaping)
     return reward
@@ -406,19 +407,28 @@ def subset(dataset: Dataset, indices: Sequence[int], part: str) -> Dataset:
     return Dataset([dataset[i] for i in indices], f"{dataset.name}[{part}]")
 
 
-def evaluate(policy: ActorCriticCnnPolicy, env: gym.Env, n: int) -> tuple[float, float, float]:
-    """Greedy episodes on samples ``0..n-1`` of ``env``: (mean final Dice, its std, turns)."""
+def play(env: gym.Env, n: int, act: Callable[[np.ndarray], Any]) -> tuple[list[float], list[int]]:
+    """One episode on each of samples ``0..n-1`` of ``env``: final Dice and turns of each."""
     dices, turns = [], []
     for index in range(n):
         obs, info = env.reset(options={"sample_index": index})
         done = False
         while not done:
-            with torch.no_grad():
-                action, _ = policy.predict(obs, deterministic=True)
-            obs, _, terminated, truncated, info = env.step(action)
+            obs, _, terminated, truncated, info = env.step(act(obs))
             done = terminated or truncated
         dices.append(info["dice"])
         turns.append(info["turn"])
+    return dices, turns
+
+
+def evaluate(policy: ActorCriticCnnPolicy, env: gym.Env, n: int) -> tuple[float, float, float]:
+    """Greedy episodes on samples ``0..n-1`` of ``env``: (mean final Dice, its std, turns)."""
+
+    def greedy(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return policy.predict(obs, deterministic=True)[0]
+
+    dices, turns = play(env, n, greedy)
     return float(np.mean(dices)), float(np.std(dices)), float(np.mean(turns))
 
 
@@ -542,14 +552,7 @@ def plot_curve(rows: list[dict[str, float]], path: Path, baseline: float | None 
 def random_baseline(env: gym.Env, n: int, seed: int) -> float:
     """Mean final Dice of uniformly random grid actions on validation samples ``0..n-1``."""
     env.action_space.seed(seed)
-    dices = []
-    for index in range(n):
-        env.reset(options={"sample_index": index})
-        done, info = False, dict[str, Any]()
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.action_space.sample())
-            done = terminated or truncated
-        dices.append(info["dice"])
+    dices, _ = play(env, n, lambda _: env.action_space.sample())
     return float(np.mean(dices))
 
 
@@ -572,7 +575,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     vec = DummyVecEnv([factory(i) for i in range(config.n_envs)])
     vec.seed(config.seed)
     val_env = make_env(val_set, spec)
-    baseline = random_baseline(make_env(val_set, spec), len(val_set), config.seed)
+    baseline = random_baseline(val_env, len(val_set), config.seed)
     model = PPO(
         SpatialPolicy,
         vec,
