@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_env.actions import ActionKind
+from medseg_env.files import atomic_write
 
 EpisodeKey = tuple[str, str, str, str]
 """``(policy, dataset, segmenter, sample_id)``: identifies an episode within a config."""
@@ -372,34 +372,6 @@ class Journal:
             _sync(fh)
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; restored at once (at import, single-threaded)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
 def _sync(fh: Any) -> None:
     fh.flush()
     os.fsync(fh.fileno())
-
-
-def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
-
-    Readers see the old file or the new one, never a half-written one.
-    """
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            _sync(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

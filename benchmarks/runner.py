@@ -21,9 +21,7 @@ a second run on the same folder is refused with a ``BenchError`` naming the hold
 from __future__ import annotations
 
 import json
-import os
 import platform
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,13 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # not on Windows
-    fcntl = None  # type: ignore[assignment]
-
 from tqdm.auto import tqdm
 
+from medseg_env import files
 from medseg_env.data import Dataset
 
 from . import report
@@ -139,87 +133,19 @@ def check_out_dir(out_dir: Path, plan: Plan) -> bool:
     return True
 
 
-def _lock_holder(fd: int) -> str:
-    """What the lock file says about its holder ("pid 123 on host"), or ""."""
-    try:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
-def _acquire_lock(path: Path, out: Path) -> int | None:
-    """The locked file's descriptor, or None (with a warning) where files cannot be locked."""
-    if fcntl is None:
-        warnings.warn(
-            f"no file locking on this platform: nothing stops a second run on {out}", stacklevel=4
-        )
-        return None
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as err:
-            raise BenchError(f"cannot create the lock file {path}: {err}") from err
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _lock_holder(fd) or "pid unknown"
-            os.close(fd)
-            raise BenchError(
-                f"{out} is in use by another medseg-bench run ({holder}; lock file {path}). "
-                "Wait for it to end, or choose another --out folder."
-            ) from None
-        except OSError as err:  # a filesystem without locks (some network mounts)
-            os.close(fd)
-            warnings.warn(
-                f"cannot lock {path} ({err}): nothing stops a second run on {out}", stacklevel=4
-            )
-            return None
-        # The previous holder may have removed the file between our open and our flock: then
-        # the lock is on a file nobody else sees any more. Start again on the current one.
-        try:
-            current = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            current = False
-        if current:
-            return fd
-        os.close(fd)
-
-
 @contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
-    """Hold ``out`` for one run: a second run on the same folder is refused meanwhile.
-
-    The lock is ``fcntl.flock`` on ``out/.medseg-bench.lock``, not a file created with
-    ``O_EXCL``: the kernel releases a flock when its holder dies, however it dies (SIGKILL, out
-    of memory), so a crashed run never blocks the next one and there is no guessing from a PID
-    whether the holder still lives (PIDs are reused, and a PID written on another host of a
-    shared filesystem means nothing here). The file holds the holder's PID and host only for
-    the messages, and is removed when the run ends, normally or not (exception, Ctrl-C). A
-    file left behind (its run was killed) is taken over with a warning.
+    """Hold ``out`` for one run (``medseg_env.files.folder_lock`` on ``.medseg-bench.lock``).
 
     Raises:
         BenchError: another process holds the lock (the message names the folder and the
             holder's PID).
     """
-    path = out / LOCK_FILE
-    fd = _acquire_lock(path, out)
-    if fd is None:  # no locking here: warned
-        yield
-        return
     try:
-        previous = _lock_holder(fd)
-        if previous:
-            warnings.warn(
-                f"{path}: taking over a stale lock left by {previous}, a run that did not end "
-                "cleanly and is no longer running",
-                stacklevel=3,
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while still locked: nobody can take it in between
-        os.close(fd)  # releases the lock
+        with files.folder_lock(out, LOCK_FILE, "medseg-bench run"):
+            yield
+    except files.FolderInUseError as err:
+        raise BenchError(str(err)) from None
 
 
 def _changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

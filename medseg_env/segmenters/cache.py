@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -30,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_write
 from .types import Embedding
 
 DEFAULT_MAX_BYTES = 512 * 1024**2
@@ -53,31 +53,6 @@ def expand_dir(path: str | os.PathLike[str]) -> Path:
     and a later ``chdir`` does not move the cache.
     """
     return Path(os.path.expanduser(os.path.expandvars(os.fspath(path)))).absolute()
-
-
-def _umask_at_import() -> int:
-    mask = os.umask(0)  # the portable way to read it; restored at once (import is serialised)
-    os.umask(mask)
-    return mask
-
-
-_UMASK_AT_IMPORT = _umask_at_import()
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux ``/proc``).
-
-    ``os.umask`` can only read it by setting it, which races with other threads creating
-    files; elsewhere the value at import is used.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return _UMASK_AT_IMPORT
 
 
 def _tensor_sha256(features: torch.Tensor) -> str:
@@ -232,26 +207,17 @@ class EmbeddingCache:
             "dtype": str(features.dtype),
             "sha256": _tensor_sha256(features),
         }
-        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)  # mode 0o777 & ~umask
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            save_file({"features": features}, tmp, metadata={"medseg": json.dumps(meta)})
-            # mkstemp (and safetensors) make 0600, which a cache shared between users cannot
-            # read: give the usual permissions, as the umask allows.
-            os.chmod(tmp, 0o666 & ~current_umask())
-            os.replace(tmp, path)
-            tmp = None
+            atomic_write(
+                path,
+                lambda tmp: save_file(
+                    {"features": features}, tmp, metadata={"medseg": json.dumps(meta)}
+                ),
+            )
         except (OSError, SafetensorError) as err:
             self.last_write_error = err
             self._warn_once(err)
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
     def _warn_once(self, err: BaseException) -> None:
         with self._lock:

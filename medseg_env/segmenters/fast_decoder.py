@@ -78,7 +78,6 @@ import hashlib
 import math
 import os
 import statistics
-import tempfile
 import threading
 import time
 import warnings
@@ -90,8 +89,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_write
 from .base import Segmenter
-from .cache import EmbeddingCache, current_umask
+from .cache import EmbeddingCache
 from .sam_family import SamFamilySegmenter
 from .types import Embedding, Prediction, PredictRequest, Prompts
 
@@ -622,7 +622,7 @@ class OnnxDecoder:
         self.graphs_built += 1
         path = self.path(signature)
         try:
-            _write_atomically(path, data)
+            atomic_write(path, data, make_parents=True)
         except OSError as err:
             warnings.warn(
                 f"could not write the decoder graph to {path} ({err}); it is rebuilt in each "
@@ -656,23 +656,6 @@ class OnnxDecoder:
 
 def _float_array(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy(), np.float32)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        # mkstemp makes 0600; a cache folder shared between users needs the usual permissions.
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- the backend option -----------------------------------------------------------------------

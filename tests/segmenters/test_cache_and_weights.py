@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+import medseg_env.files as files_module
 import medseg_env.segmenters.cache as cache_module
 from medseg_env.segmenters import EmbeddingCache, LiteMedSAM, LiteMedSAMClicks
 from medseg_env.segmenters import checkpoints as checkpoints_module
@@ -112,7 +113,7 @@ def test_read_only_cache_dir_does_not_break_encode(tmp_path, monkeypatch, image)
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(folder))
 
-        monkeypatch.setattr(cache_module.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(files_module.tempfile, "mkstemp", refuse)
     try:
         seg = LiteMedSAM(cache=EmbeddingCache(disk_dir=folder))
         with pytest.warns(RuntimeWarning, match=re.escape(str(folder)) + ".*PermissionError"):

@@ -17,6 +17,7 @@ pytest.importorskip("onnxruntime")
 from medseg_env import MedSegEnv  # noqa: E402
 from medseg_env import actions as A  # noqa: E402
 from medseg_env.data import Dataset  # noqa: E402
+from medseg_env.files import current_umask  # noqa: E402
 from medseg_env.metrics import dice  # noqa: E402
 from medseg_env.registry import parse_spec  # noqa: E402
 from medseg_env.segmenters import (  # noqa: E402
@@ -27,7 +28,6 @@ from medseg_env.segmenters import (  # noqa: E402
     make_segmenter,
 )
 from medseg_env.segmenters import fast_decoder as fd  # noqa: E402
-from medseg_env.segmenters.cache import current_umask  # noqa: E402
 
 MIN_DICE = 0.999
 
