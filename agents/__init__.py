@@ -3,7 +3,7 @@
 ``make_policy(name, **kwargs)`` builds one by its registered name: ``oracle_box``,
 ``hybrid_expert``, ``ritm``, ``imis``, ``random`` (in that order, the benchmark's table order
 and default set), and the MLLM policies ``openai``, ``vllm`` and ``transformers``
-(``medseg_agents.mllm``) and the trained PPO agent ``ppo`` (``medseg_agents.rl.ppo``), which
+(``medseg_agents.mllm``) and the trained PPO agent ``ppo`` (``medseg_agents.ppo``), which
 need a model and run only when named.
 Add your own with ``register_policy(name, factory)`` or the ``medseg_agents.policies``
 entry-point group.
@@ -33,8 +33,8 @@ register_policy("transformers", TransformersPolicy, default=False)
 
 
 def _ppo(**options):
-    """``medseg_agents.rl.ppo.PPOPolicy``, imported only when used (stable-baselines3)."""
-    from .rl.ppo import PPOPolicy
+    """``medseg_agents.ppo.PPOPolicy``, imported only when used (stable-baselines3)."""
+    from .ppo import PPOPolicy
 
     return PPOPolicy(**options)
 

@@ -15,11 +15,10 @@ from medseg_agents.mllm.base import TextPolicy
 from medseg_env import metrics
 from medseg_env.actions import ActionKind
 from medseg_env.env import MedSegEnv
-from medseg_env.segmenters import Segmenter, make_segmenter
+from medseg_env.segmenters import shared_segmenter
 from medseg_env.text import get_protocol
 from medseg_env.wrappers.text_env import MedSegTextEnv
 
-from .config import parse_spec
 from .plan import EpisodeSpec, Plan
 from .records import NO_ACTION, EpisodeRecord, Step
 
@@ -180,29 +179,13 @@ def run_episode(
     return run_episodes([env], policy, [spec], nsd_tolerance_mm)[0]
 
 
-_SEGMENTERS: dict[str, Segmenter] = {}
-
-
-def shared_segmenter(spec: str) -> Segmenter:
-    """The process's segmenter of this spec (built on first use): a registered name, or
-    ``name:key=value,...`` with the backend's options (``medsam2:checkpoint=/w/MedSAM2.pt``).
-
-    Sharing is safe: ``predict`` keeps no state between calls, and embeddings are cached by
-    image content and model id anyway.
-    """
-    if spec not in _SEGMENTERS:
-        name, kwargs = parse_spec(spec, "segmenter")
-        _SEGMENTERS[spec] = make_segmenter(name, **kwargs)
-    return _SEGMENTERS[spec]
-
-
 class Resources:
     """Segmenters and envs built once and shared by every episode that needs them.
 
-    One segmenter instance per name and process (``shared_segmenter``: its weights load once,
-    also across runs) and one env per (dataset, segmenter, budget); the segmenters'
-    process-wide embedding cache then makes a second policy on the same image cost no encoder
-    call.
+    One segmenter instance per spec and process (``medseg_env.segmenters.shared_segmenter``:
+    its weights load once, also across runs) and one env per (dataset, segmenter, budget); the
+    segmenters' process-wide embedding cache then makes a second policy on the same image cost
+    no encoder call.
     """
 
     def __init__(self, plan: Plan) -> None:

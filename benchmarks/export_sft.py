@@ -96,6 +96,7 @@ from medseg_env.data import Dataset, load_dataset, split
 from medseg_env.data.split import group_split, pixel_hash
 from medseg_env.env import PROMPTING_MODES, MedSegEnv
 from medseg_env.oracle import Oracle
+from medseg_env.segmenters import shared_segmenter
 from medseg_env.segmenters.types import PromptKind, Prompts
 from medseg_env.text import get_protocol, registered_protocols
 from medseg_env.wrappers.text_env import DEFAULT_TARGET_TEMPLATE, MedSegTextEnv, make_text_env
@@ -107,7 +108,6 @@ from .config import (
     check_segmenter_spec,
     stable_int,
 )
-from .episode import shared_segmenter
 from .plan import data_fingerprint
 from .records import atomic_write
 from .runner import folder_lock

@@ -35,10 +35,11 @@ from tqdm.auto import tqdm
 
 from medseg_env import files
 from medseg_env.data import Dataset
+from medseg_env.segmenters import shared_segmenter
 
 from . import report
 from .config import BenchConfig, BenchError, default_out_dir
-from .episode import FinalState, Resources, shared_segmenter
+from .episode import FinalState, Resources
 from .plan import EpisodeSpec, Plan, PolicySource, make_plan
 from .records import EpisodeKey, EpisodeRecord, Journal, atomic_write
 from .summary import summarize, summarize_timings

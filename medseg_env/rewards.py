@@ -27,7 +27,7 @@ Presets (``reward="..."``):
 
 ``prompt_proximity`` grades how near a positive click (or a box's centre) came to the target
 (1 on it, falling to 0 at a quarter of the canvas away): shaping for training from scratch,
-where ``dice_gain`` scores every miss alike; ``medseg_agents.rl.ppo`` adds it at weight 0.3.
+where ``dice_gain`` scores every miss alike; ``medseg_agents.training.ppo`` adds it at weight 0.3.
 
 Terms include ``format_error`` (1 on a turn whose reply gave no action), for text envs: every
 preset already charges such a turn through ``invalid_action``.

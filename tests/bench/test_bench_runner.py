@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from medseg_bench import BenchConfig, BenchError, run_benchmark
-from medseg_bench.episode import shared_segmenter
 from medseg_bench.plan import select_samples
 from medseg_bench.records import Journal
 from medseg_env.data import Dataset, demo_dataset
+from medseg_env.segmenters import shared_segmenter
 
 # The original, box-only LiteMedSAM: the clicker's clicks exercise the invalid-action path.
 CONFIG = BenchConfig(

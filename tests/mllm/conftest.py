@@ -1,6 +1,7 @@
 """Fixtures of the MLLM tests: the tiny offline Qwen3-VL and a real OpenAI-compatible server.
 
-``tiny_vlm_dir`` builds the tiny random-weight model once per session (about 0.2 s, 1 MB).
+``tiny_vlm_dir`` builds the tiny random-weight model once per session (about 0.2 s, 1 MB); it
+and the offline switch live in ``tests/mllm_fixtures.py``, shared with ``tests/training``.
 ``openai_server`` serves it with ``transformers serve`` on 127.0.0.1 in a subprocess (about
 9 s to start, most of it importing transformers) and yields ``(base_url, model_name)``:
 ``base_url`` ends in ``/v1`` for ``openai.OpenAI(base_url=...)``, and ``model_name`` is the
@@ -25,26 +26,9 @@ import pytest
 
 pytest.importorskip("transformers", reason="the MLLM tests need transformers (extra `mllm`)")
 
+from mllm_fixtures import _hub_offline, tiny_vlm_dir  # noqa: E402, F401  (fixtures)
+
 SERVER_START_DEADLINE_S = 120.0
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _hub_offline() -> Iterator[None]:
-    """No Hugging Face Hub access in these tests, however huggingface_hub was imported."""
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen3-VL model folder (seed 0), built once per session."""
-    from medseg_agents.mllm.tiny import build_tiny_qwen_vl
-
-    return build_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen3-vl"), seed=0)
 
 
 def _free_port() -> int:
@@ -60,7 +44,8 @@ def _server_log(path: Path, limit: int = 6000) -> str:
 
 @pytest.fixture(scope="session")
 def openai_server(
-    tiny_vlm_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_vlm_dir: Path,  # noqa: F811  (the imported fixture, requested by name)
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, str]]:
     """``transformers serve`` of the tiny model on 127.0.0.1; yields ``(base_url, model_name)``."""
     workdir = tmp_path_factory.mktemp("openai-server")

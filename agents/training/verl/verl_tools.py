@@ -5,7 +5,7 @@ worker from the tool config YAML (``class_name``, ``config``, ``tool_schema``); 
 the agent loop calls ``create(instance_id, create_kwargs=...)``, then ``execute(instance_id,
 parameters, **kwargs) -> (ToolResponse, step reward, metrics)`` for each call, ``calc_reward``
 and ``release``. The ``create_kwargs`` come from the dataset row's
-``extra_info.tools_kwargs[tool name]`` (``medseg_agents.rl.verl_data`` writes them).
+``extra_info.tools_kwargs[tool name]`` (``medseg_agents.training.verl.verl_data`` writes them).
 
 Here one episode of ``MedSeg-Text-v0`` (a ``MedSegSession``) backs a trajectory, shared by the
 three tools: it lives in a process-wide table keyed by the instance id, so the three tool
@@ -32,7 +32,7 @@ episode reward.
 **verl's own ``ToolAgentLoop``** (agent ``tool_agent``) creates and releases an instance around
 *every* call. There the session lives on the trajectory's ``AgentData`` (attribute
 ``medseg_session``, which ``execute`` reads from its ``agent_data`` keyword), so one env serves
-the whole trajectory and goes away with it. ``medseg_agents.rl.verl_agent_loop`` (agent
+the whole trajectory and goes away with it. ``medseg_agents.training.verl.verl_agent_loop`` (agent
 ``medseg_agent``) is MedSAM-Agent's loop and creates one instance per trajectory instead.
 
 Importing this module needs verl (``scripts/verl_env.sh``); ``import medseg_agents`` does not.
@@ -51,11 +51,14 @@ import gymnasium as gym
 from PIL import Image
 
 from medseg_env import actions as A
+from medseg_env.data import Dataset
 from medseg_env.env import MedSegEnv, unletterbox_mask
 from medseg_env.text import TOOL_NAMES
 from medseg_env.text.medsam_agent import TOOLS
 from medseg_env.text.messages import model_image
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
+
+from ..envs import with_shared_segmenter
 
 try:
     from verl.tools.base_tool import BaseTool  # type: ignore[import-not-found]
@@ -65,7 +68,7 @@ try:
     )
 except ImportError as err:  # pragma: no cover - exercised only without verl
     raise ImportError(
-        "medseg_agents.rl.verl_tools needs verl 0.9.1; build the overlay with "
+        "medseg_agents.training.verl.verl_tools needs verl 0.9.1; build the overlay with "
         "`bash scripts/verl_env.sh` and run with PYTHONPATH=.verl-env"
     ) from err
 
@@ -143,27 +146,16 @@ class EpisodeSpec:
         return chosen or None
 
 
-_SHARED: dict[str, dict[str, Any]] = {}
-"""Loaded datasets and segmenters, by name, shared by every session of the process."""
+_DATASETS: dict[str, Dataset] = {}
+"""Loaded datasets, by name, shared by every session of the process."""
 
 
 def open_text_env(spec: EpisodeSpec) -> MedSegTextEnv:
     """The text env of ``spec`` (PIL images), sharing the process's dataset and segmenter."""
-    options = spec.options()
-    seg_key = json.dumps([spec.segmenter, options.get("segmenter_kwargs", {})], sort_keys=True)
-    datasets, segmenters = _SHARED.setdefault("dataset", {}), _SHARED.setdefault("segmenter", {})
-    if spec.dataset in datasets:
-        options["dataset"] = datasets[spec.dataset]
-    else:
-        options["dataset"] = spec.dataset
-    if seg_key in segmenters:
-        options["segmenter"] = segmenters[seg_key]
-        options.pop("segmenter_kwargs", None)
-    else:
-        options["segmenter"] = spec.segmenter
+    options = with_shared_segmenter({**spec.options(), "segmenter": spec.segmenter})
+    options["dataset"] = _DATASETS.get(spec.dataset, spec.dataset)
     env = make_text_env(spec.protocol, images="pil", reward=spec.reward, **options)
-    datasets.setdefault(spec.dataset, base_env(env).dataset)
-    segmenters.setdefault(seg_key, base_env(env).segmenter)
+    _DATASETS.setdefault(spec.dataset, base_env(env).dataset)
     return env
 
 

@@ -19,13 +19,14 @@ episodes, a loss on every round, more box starts and nuclei, a lighter click ter
 that a corrective click on an already good mask does not make it worse (see
 ``medseg_env/segmenters/weights/MODEL_CARD.md`` for the exact command and its results).
 
-The training images are described in ``medseg_bench.click_training.data``; the held-out split
-(pyradiomics ``brain2``, ``lung2`` and the stardist nuclei rows 256-511) is never read.
+The training images are described in ``medseg_agents.training.click_model.data``; the held-out
+split (pyradiomics ``brain2``, ``lung2`` and the stardist nuclei rows 256-511) is never read.
 
 Usage::
 
-    python -m medseg_bench.click_training.train --out DIR --pyradiomics /tmp/src/pyradiomics \
-        --stardist /tmp/src/sd --nilearn /tmp/src/nl [--seed 0] [--iters 500] [--encode-only]
+    python -m medseg_agents.training.click_model.train --out DIR \
+        --pyradiomics /tmp/src/pyradiomics --stardist /tmp/src/sd --nilearn /tmp/src/nl \
+        [--seed 0] [--iters 500] [--encode-only]
 
 Writes ``DIR/litemedsam_clicks.safetensors`` (prompt encoder + mask decoder state, prefixed
 ``prompt_encoder.`` / ``mask_decoder.``), ``DIR/checkpoint_XXXX.safetensors`` every

@@ -1,6 +1,6 @@
-"""The TRL adapter (``medseg_agents.rl``): the tool methods against the env, and one real GRPO
-step of TRL 1.16 on the tiny Qwen3-VL, through the tool loop and through MedSAM-Agent's exact
-rollout (``rollout_func``).
+"""The TRL adapter (``medseg_agents.training.trl``): the tool methods against the env, and one
+real GRPO step of TRL 1.16 on the tiny Qwen3-VL, through the tool loop and through MedSAM-Agent's
+exact rollout (``rollout_func``).
 
 Every episode here is on one CT sample, so the segmenter encodes one image. The GRPO steps
 start from the tiny model after a few SFT steps on oracle boxes for that sample: a random
@@ -24,9 +24,10 @@ pytest.importorskip("trl", reason="the TRL adapter needs trl (pip install trl==1
 
 from medseg_testing import gt_box_action  # noqa: E402
 
-from medseg_agents.rl.learn_text import sft  # noqa: E402
-from medseg_agents.rl.tokens import ChatLayout, Turns  # noqa: E402
-from medseg_agents.rl.trl_env import (  # noqa: E402
+from medseg_agents.simulation import oracle_box_action  # noqa: E402
+from medseg_agents.training.learn_text import sft  # noqa: E402
+from medseg_agents.training.trl.tokens import ChatLayout, Turns  # noqa: E402
+from medseg_agents.training.trl.trl_env import (  # noqa: E402
     EPISODE_OVER_TEXT,
     MedSegToolEnv,
     dice_reward,
@@ -38,7 +39,6 @@ from medseg_agents.rl.trl_env import (  # noqa: E402
     tool_rounds,
     tool_system_prompt,
 )
-from medseg_agents.simulation import oracle_box_action  # noqa: E402
 from medseg_env.data import Dataset, demo_dataset  # noqa: E402
 from medseg_env.text.medsam_agent import TOOLS, MedSAMAgentRLProtocol  # noqa: E402
 from medseg_env.wrappers.text_env import make_text_env  # noqa: E402
@@ -374,7 +374,7 @@ def test_one_grpo_step_with_medsam_agents_exact_rollout(
     """
     from datasets import Dataset as HFDataset
 
-    from medseg_agents.rl.trl_rollout import MedSAMAgentGRPOTrainer, rollout_rows
+    from medseg_agents.training.trl.trl_rollout import MedSAMAgentGRPOTrainer, rollout_rows
 
     model, processor = _load(tiny_vlm_dir)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}

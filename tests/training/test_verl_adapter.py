@@ -4,9 +4,10 @@ Needs verl, which the main venv does not have (it pins transformers 5.10): build
 and put it first on the path::
 
     bash scripts/verl_env.sh
-    PYTHONPATH=$PWD/.verl-env python -m pytest tests/mllm/test_verl_adapter.py -q
+    PYTHONPATH=$PWD/.verl-env python -m pytest tests/training/test_verl_adapter.py -q
 
-- the three tools (loaded from ``agents/rl/configs/medseg_tools.yaml`` by verl's own loader):
+- the three tools (loaded from ``agents/training/verl/configs/medseg_tools.yaml`` by verl's own
+  loader):
   ``create`` / ``execute`` / ``calc_reward`` / ``release`` against a reference text env fed the
   same replies: same step rewards, the overlay image pixel for pixel, the episode reward;
   malformed arguments; verl's ``tool_agent`` path (an instance per call);
@@ -47,16 +48,17 @@ from verl.tools.tool_registry import initialize_tools_from_config  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
-from medseg_agents.rl import verl_data  # noqa: E402
-from medseg_agents.rl import verl_tools as vt  # noqa: E402
-from medseg_agents.rl.verl_agent_loop import MedSegAgentLoop  # noqa: E402
+from medseg_agents.training.verl import verl_data  # noqa: E402
+from medseg_agents.training.verl import verl_tools as vt  # noqa: E402
+from medseg_agents.training.verl.verl_agent_loop import MedSegAgentLoop  # noqa: E402
 from medseg_env import actions as A  # noqa: E402
+from medseg_env.segmenters import shared_segmenter  # noqa: E402
 from medseg_env.text import TOOL_NAMES, get_protocol  # noqa: E402
 from medseg_env.text.medsam_agent import TOOLS  # noqa: E402
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = ROOT / "agents" / "rl" / "configs"
+CONFIG_DIR = ROOT / "agents" / "training" / "verl" / "configs"
 SPEC = vt.EpisodeSpec(dataset="demo", sample_index=0, seed=0)
 MALFORMED_PROSE = "The tumour is in the upper left part of the image."
 UNKNOWN_TOOL = '<tool_call>\n{"name": "add_polygon", "arguments": {"points": [1, 2]}}\n</tool_call>'
@@ -69,8 +71,7 @@ def run(coro: Any) -> Any:
 # ---------------------------------------------------------------------- references
 def reference_env(spec: vt.EpisodeSpec) -> MedSegTextEnv:
     """A fresh text env of ``spec`` (the process's segmenter, already loaded by a session)."""
-    shared = list(vt._SHARED.get("segmenter", {}).values())
-    segmenter = shared[0] if shared else spec.segmenter
+    segmenter = shared_segmenter(spec.segmenter)
     env = make_text_env(
         spec.protocol, images="pil", reward=spec.reward, dataset=spec.dataset, segmenter=segmenter
     )
@@ -415,7 +416,7 @@ def decoded(dataset: Any, ids: list[int]) -> str:
 
 def test_agent_loop_is_registered():
     target = _agent_loop_registry["medseg_agent"]["_target_"]
-    assert target == "medseg_agents.rl.verl_agent_loop.MedSegAgentLoop"
+    assert target == "medseg_agents.training.verl.verl_agent_loop.MedSegAgentLoop"
     entries = OmegaConf.load(CONFIG_DIR / "medseg_agent_loop.yaml")
     assert [(e.name, e._target_) for e in entries] == [("medseg_agent", target)]
 
@@ -423,7 +424,7 @@ def test_agent_loop_is_registered():
 def test_agent_loop_plays_medsam_agents_loop(dataset, tools, replies_of_sample, caplog):
     replies = replies_of_sample["oracle"]
     reference = reference_run(SPEC, replies)
-    with caplog.at_level(logging.WARNING, logger="medseg_agents.rl.verl_agent_loop"):
+    with caplog.at_level(logging.WARNING, logger="medseg_agents.training.verl.verl_agent_loop"):
         got = run_loop(dataset, tools, replies)
     assert not [r for r in caplog.records if r.name.startswith("medseg_agents")]
     out, requests = got.output, got.server.requests

@@ -1,4 +1,4 @@
-"""The click fine-tuning recipe's pieces (``medseg_bench.click_training``).
+"""The click fine-tuning recipe's pieces (``medseg_agents.training.click_model``).
 
 No test needs the downloaded training sources: the tumour-slice tests write a small synthetic
 pyradiomics case, the evaluation tests read the bundled held-out split.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_bench.click_training.data import (
+from medseg_agents.training.click_model.data import (
     EVERY_SLICE,
     HELDOUT_SOURCES,
     INPUT,
@@ -26,11 +26,16 @@ from medseg_bench.click_training.data import (
     tumour_items,
     zoom_out,
 )
-from medseg_bench.click_training.evaluate import at, build_parser, bundled_heldout, load_heldout
-from medseg_bench.click_training.loop import weights_metadata
-from medseg_bench.click_training.losses import click_loss, regression_loss, target_frame
-from medseg_bench.click_training.prompting import jitter_box
-from medseg_bench.click_training.train import FAMILY_WEIGHTS, family_weights
+from medseg_agents.training.click_model.evaluate import (
+    at,
+    build_parser,
+    bundled_heldout,
+    load_heldout,
+)
+from medseg_agents.training.click_model.loop import weights_metadata
+from medseg_agents.training.click_model.losses import click_loss, regression_loss, target_frame
+from medseg_agents.training.click_model.prompting import jitter_box
+from medseg_agents.training.click_model.train import FAMILY_WEIGHTS, family_weights
 from medseg_env.data.demo import build_demo
 
 

@@ -50,7 +50,8 @@ later-turn text), or a short text once the episode is over.
 - A rollout that stops with the episode still open (TRL's token budget, a dropped tool
   result) is closed with the env's stop action, without a format charge.
 
-``medseg_agents.rl.trl_rollout`` runs MedSAM-Agent's exact loop through TRL's ``rollout_func``.
+``medseg_agents.training.trl.trl_rollout`` runs MedSAM-Agent's exact loop through TRL's
+``rollout_func``.
 """
 
 from __future__ import annotations
@@ -64,9 +65,10 @@ from typing import Any, cast
 import gymnasium as gym
 
 from medseg_env import actions as A
-from medseg_env.env import MedSegEnv
 from medseg_env.text import Protocol, get_protocol
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
+
+from ..envs import with_shared_segmenter
 
 EPISODE_OVER_TEXT = "The episode is over: no further action is taken."
 """The tool result of a call made after the episode ended (TRL keeps the rollout going)."""
@@ -357,16 +359,13 @@ def reward_setup() -> tuple[list[Any], list[float]]:
 
 # ---------------------------------------------------------------------- set-up helpers
 def tool_env_factory(**options: Any) -> Callable[[], MedSegToolEnv]:
-    """A factory for ``environment_factory=``: instances share the first one's segmenter."""
-    shared: dict[str, Any] = {}
+    """A factory for ``environment_factory=``: instances share the process's segmenter
+    (``medseg_env.segmenters.shared_segmenter``) unless ``text_env`` is given."""
 
     def factory() -> MedSegToolEnv:
-        kwargs = dict(options)
-        if "segmenter" in shared and "text_env" not in kwargs:
-            kwargs.setdefault("segmenter", shared["segmenter"])
-        env = MedSegToolEnv(**kwargs)
-        shared.setdefault("segmenter", cast(MedSegEnv, env.text_env.unwrapped).segmenter)
-        return env
+        if "text_env" in options:
+            return MedSegToolEnv(**options)
+        return MedSegToolEnv(**with_shared_segmenter(options))
 
     return factory
 

@@ -1,8 +1,8 @@
 """Evaluate the original LiteMedSAM and the click-tuned model on the held-out split.
 
-Held-out split (never seen in training, see ``medseg_bench.click_training.data``): pyradiomics
-``brain2`` and ``lung2`` (tumour slices, preprocessed as the demo) and the stardist nuclei image
-rows 256-511 (128×128 tiles, each nucleus a target). It is bundled as the dataset
+Held-out split (never seen in training, see ``medseg_agents.training.click_model.data``):
+pyradiomics ``brain2`` and ``lung2`` (tumour slices, preprocessed as the demo) and the stardist
+nuclei image rows 256-511 (128×128 tiles, each nucleus a target). It is bundled as the dataset
 ``demo-heldout`` (``medseg_env/data/demo_heldout``, the default ``--heldout``), written by
 ``python medseg_env/data/demo/build_demo.py --split heldout --name demo-heldout --out DIR``.
 
@@ -18,7 +18,7 @@ the previous low-res logits (the env's behaviour):
 
 Usage::
 
-    python -m medseg_bench.click_training.evaluate --weights FILE --out DIR [--heldout DIR]
+    python -m medseg_agents.training.click_model.evaluate --weights FILE --out DIR [--heldout DIR]
 
 Writes ``DIR/eval_clicks.json``, ``DIR/eval_clicks.md`` and ``DIR/eval_clicks.png``.
 """

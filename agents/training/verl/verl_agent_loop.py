@@ -3,11 +3,11 @@
 MedSAM-Agent trains with ``MedSAMIterativeAgentLoop`` (``RL-verl/recipe/medsam_agent/
 medsam_iterative_agent_loop.py``), a ``ToolAgentLoop`` subclass of an older verl. This is the
 same loop on verl 0.9.1's ``ToolAgentLoop`` and its Continuous Token builder, with one
-``MedSeg-Text-v0`` episode per trajectory (``medseg_agents.rl.verl_tools``):
+``MedSeg-Text-v0`` episode per trajectory (``medseg_agents.training.verl.verl_tools``):
 
 - the prompt is the dataset row's (system prompt + first image and text,
-  ``medseg_agents.rl.verl_data``), rendered *without* ``tools=`` (the system prompt already
-  lists the tools, as the released loop renders it: ``# tools=self.tool_schemas``);
+  ``medseg_agents.training.verl.verl_data``), rendered *without* ``tools=`` (the system prompt
+  already lists the tools, as the released loop renders it: ``# tools=self.tool_schemas``);
 - every generated reply goes to the env, through the tool that the protocol's parser names
   (``tool.execute(..., reply=text)``), or straight to the env when it names none: the env's
   protocol (``medsam_agent_rl``) is the single judge of what the reply does;
@@ -23,10 +23,11 @@ same loop on verl 0.9.1's ``ToolAgentLoop`` and its Continuous Token builder, wi
 
 Registered with ``@register("medseg_agent")`` for in-process use; a trainer's workers find it
 through ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` =
-``agents/rl/configs/medseg_agent_loop.yaml``, and a dataset row picks it with
+``agents/training/verl/configs/medseg_agent_loop.yaml``, and a dataset row picks it with
 ``agent_name: medseg_agent``.
 
-Where this differs from the released loop (see also ``agents/rl/configs/medseg_grpo.yaml``):
+Where this differs from the released loop (see also
+``agents/training/verl/configs/medseg_grpo.yaml``):
 
 - *Reward*: the env's ``medsam_agent`` preset, whose format term is 1 when every reply of the
   episode gave a valid action; the released ``medsam_reward.py`` grades format from the
@@ -58,7 +59,7 @@ import logging
 from typing import Any
 from uuid import uuid4
 
-from medseg_agents.rl.verl_tools import (
+from medseg_agents.training.verl.verl_tools import (
     MedSegSession,
     MedSegTool,
     base_env,
@@ -78,7 +79,7 @@ try:
     )
 except ImportError as err:  # pragma: no cover - exercised only without verl
     raise ImportError(
-        "medseg_agents.rl.verl_agent_loop needs verl 0.9.1; build the overlay with "
+        "medseg_agents.training.verl.verl_agent_loop needs verl 0.9.1; build the overlay with "
         "`bash scripts/verl_env.sh` and run with PYTHONPATH=.verl-env"
     ) from err
 
@@ -96,7 +97,7 @@ def episode_kwargs(tools_kwargs: Any) -> dict[str, Any]:
             return dict(create)
     raise ValueError(
         "the row's tools_kwargs name no MedSeg episode (tools_kwargs[tool]['create_kwargs']); "
-        "write the rows with `python -m medseg_agents.rl.verl_data`"
+        "write the rows with `python -m medseg_agents.training.verl.verl_data`"
     )
 
 
@@ -134,7 +135,8 @@ class MedSegAgentLoop(ToolAgentLoop):
             if isinstance(tool, MedSegTool):
                 return tool
         raise ValueError(
-            "the tool config has no MedSeg tool: use agents/rl/configs/medseg_tools.yaml "
+            "the tool config has no MedSeg tool: use "
+            "agents/training/verl/configs/medseg_tools.yaml "
             "(actor_rollout_ref.rollout.multi_turn.tool_config_path)"
         )
 

@@ -10,7 +10,7 @@
 #   - a local Qwen3-VL folder (MedSAM-Agent: Qwen3-VL-8B-Instruct): MODEL_PATH;
 #   - the parquet rows (written here on first use): DATA_DIR.
 #
-#   MODEL_PATH=/models/Qwen3-VL-8B-Instruct NGPUS=8 bash agents/rl/run_verl_grpo.sh [overrides...]
+#   MODEL_PATH=/models/Qwen3-VL-8B-Instruct NGPUS=8 bash agents/training/verl/run_verl_grpo.sh [overrides...]
 #
 # Extra arguments are Hydra overrides, e.g. trainer.total_epochs=1 data.train_batch_size=4.
 # The env steps (the segmenter) run in verl's agent-loop workers, on their CPU.
@@ -26,10 +26,10 @@ SAVE_DIR=${SAVE_DIR:-checkpoints}
 PYTHON=${PYTHON:-python3}
 
 # Absolute paths: Ray workers resolve relative ones against their own working directory.
-CONFIG_DIR=$("$PYTHON" -c 'import medseg_agents.rl as m, os; print(os.path.join(os.path.dirname(m.__file__), "configs"))')
+CONFIG_DIR=$("$PYTHON" -c 'import medseg_agents.training.verl as m, os; print(os.path.join(os.path.dirname(m.__file__), "configs"))')
 DATA_DIR=$(mkdir -p "$DATA_DIR" && cd "$DATA_DIR" && pwd)
 if [ ! -f "$DATA_DIR/train.parquet" ]; then
-    "$PYTHON" -m medseg_agents.rl.verl_data --out "$DATA_DIR"
+    "$PYTHON" -m medseg_agents.training.verl.verl_data --out "$DATA_DIR"
 fi
 mkdir -p "$SAVE_DIR/logs"
 

@@ -1,6 +1,6 @@
 """Teach the tiny offline Qwen3-VL to act in ``MedSeg-Text-v0``: SFT on expert turns, then GRPO.
 
-``python -m medseg_agents.rl.learn_text --out DIR`` runs, on the CPU:
+``python -m medseg_agents.training.learn_text --out DIR`` runs, on the CPU:
 
 a. builds the tiny random Qwen3-VL (``medseg_agents.mllm.tiny``);
 b. takes expert turns on the training images of ``demo`` (``demo-heldout`` is never
@@ -43,8 +43,8 @@ from medseg_env.env import MedSegEnv
 from medseg_env.text import get_protocol
 
 from ..oracle import HybridExpert
-from .tokens import ChatLayout, Turns
-from .trl_env import (
+from .trl.tokens import ChatLayout, Turns
+from .trl.trl_env import (
     EPISODE_OVER_TEXT,
     MedSegToolEnv,
     grpo_rows,
@@ -448,7 +448,7 @@ def plot(
 # ---------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m medseg_agents.rl.learn_text", description=__doc__.split("\n")[0]
+        prog="python -m medseg_agents.training.learn_text", description=__doc__.split("\n")[0]
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)

@@ -3,8 +3,9 @@
 Each iteration samples a batch of targets (each source family its share), starts every sample
 with a jittered box or a click, then runs rounds of corrective clicks taken from the error of
 the model's own previous prediction, feeding the previous low-res logits back as
-``mask_input``. ``train(args)`` runs it for the options of ``medseg_bench.click_training.train``
-and writes the weights, checkpoints, ``train_log.jsonl``, ``items.json`` and ``config.json``.
+``mask_input``. ``train(args)`` runs it for the options of
+``medseg_agents.training.click_model.train`` and writes the weights, checkpoints,
+``train_log.jsonl``, ``items.json`` and ``config.json``.
 """
 
 from __future__ import annotations

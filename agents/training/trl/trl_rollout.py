@@ -41,10 +41,10 @@ import gymnasium as gym
 from trl import GRPOConfig, GRPOTrainer
 
 from medseg_env import actions as A
-from medseg_env.env import MedSegEnv
 from medseg_env.text import Protocol, get_protocol
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
 
+from ..envs import with_shared_segmenter
 from .tokens import ChatLayout, Turns
 
 
@@ -189,15 +189,9 @@ class MedSAMAgentGRPOTrainer(GRPOTrainer):
 
 
 def _default_factory(protocol: Protocol, options: dict[str, Any]) -> Callable[[], MedSegTextEnv]:
-    shared: dict[str, Any] = {}
-
     def factory() -> MedSegTextEnv:
-        kwargs = {"reward": "medsam_agent", **options}
-        if "segmenter" in shared:
-            kwargs.setdefault("segmenter", shared["segmenter"])
-        env = make_text_env(protocol, images="pil", **kwargs)
-        shared.setdefault("segmenter", cast(MedSegEnv, env.unwrapped).segmenter)
-        return env
+        kwargs = with_shared_segmenter({"reward": "medsam_agent", **options})
+        return make_text_env(protocol, images="pil", **kwargs)
 
     return factory
 

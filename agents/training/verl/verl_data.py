@@ -1,4 +1,4 @@
-"""verl's parquet rows for ``MedSeg-Text-v0`` episodes: ``python -m medseg_agents.rl.verl_data``.
+"""verl's parquet rows for ``MedSeg-Text-v0`` episodes (``python -m`` this module).
 
 One row per (sample, seed) of a dataset, in the layout verl 0.9.1's ``RLHFDataset`` reads
 (``verl/utils/dataset/rl_dataset.py``) and MedSAM-Agent's ``medsam_dataset.py`` built:
@@ -8,7 +8,7 @@ One row per (sample, seed) of a dataset, in the layout verl 0.9.1's ``RLHFDatase
   row's image, before the text, as the released code orders them);
 - ``images``: ``[{"bytes": PNG}]``, the first turn's view of the sample (the protocol's image
   rule: for ``medsam_agent_rl`` the image stretched to 512×512), lossless;
-- ``agent_name``: ``medseg_agent`` (``medseg_agents.rl.verl_agent_loop``);
+- ``agent_name``: ``medseg_agent`` (``medseg_agents.training.verl.verl_agent_loop``);
 - ``extra_info``: ``index``, ``sample_id``, ``seed``, ``need_tools_kwargs`` and
   ``tools_kwargs``: for each of the three tools ``{"create_kwargs": EpisodeSpec}`` (dataset,
   sample index and id, seed, protocol, segmenter, reward, env options), what the tools'
@@ -21,8 +21,9 @@ The first turn is built with the text env's own pieces (``MedSegTextEnv.target_t
 protocol's ``first_user_text``, ``model_image`` with no mask), without loading the segmenter;
 the agent loop checks each row's prompt against its episode's first turn.
 
-    python -m medseg_agents.rl.verl_data --out data/verl            # demo -> train.parquet
-    python -m medseg_agents.rl.verl_data --out DIR --dataset demo --val-dataset VAL --seeds 0 1
+    python -m medseg_agents.training.verl.verl_data --out data/verl    # demo -> train.parquet
+    python -m medseg_agents.training.verl.verl_data --out DIR --dataset demo --val-dataset VAL \
+        --seeds 0 1
 
 A validation set comes from training sources (``VAL``: a manifest or folder of images kept out
 of training); ``demo-heldout`` is the project's final held-out set, not for choosing runs.
@@ -160,7 +161,7 @@ def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medseg_agents.rl.verl_data",
+        prog="python -m medseg_agents.training.verl.verl_data",
         description="Write verl parquet rows (prompt, image, tools_kwargs) for MedSeg episodes.",
     )
     parser.add_argument("--out", required=True, help="folder for train.parquet / val.parquet")

@@ -6,8 +6,7 @@
 - ``trl_rollout``: ``MedSAMAgentGRPOTrainer``, MedSAM-Agent's exact rollout (overlays as user
   messages, its turn limit, a malformed reply ends the episode) through TRL's ``rollout_func``.
 - ``tokens``: the token layout both share (a conversation grown turn by turn, never re-rendered).
-- ``learn_text``: ``python -m medseg_agents.rl.learn_text``, SFT on expert turns then GRPO, on
-  the tiny offline model.
 
+``medseg_agents.training.learn_text`` runs SFT then GRPO with them on the tiny offline model.
 Nothing here imports TRL at package import time.
 """
