@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env import actions
 from medseg_env.data import Dataset
-from medseg_env.env import MedSegEnv, default_config, letterbox
-from medseg_env.geometry import box_from_mask
+from medseg_env.env import MedSegEnv, default_config
+from medseg_env.geometry import box_from_mask, letterbox
 from medseg_env.metrics import dice_iou, hd95, nsd
 from medseg_env.segmenters import EmbeddingCache, Prediction, PredictRequest, Segmenter
 from medseg_env.segmenters.fast_decoder import require_onnxruntime

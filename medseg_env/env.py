@@ -1,9 +1,11 @@
 """``MedSegEnv``: one segmentation target in one 2D image per episode.
 
 Each turn the agent sends a prompt (a box, a positive or negative click) or stops; the
-segmenter turns all prompts so far (a new box replaces the old one; clicks accumulate) into a new
-mask, with the previous turn's low-resolution logits as SAM's ``mask_input`` on click turns; the
-reward (by default the Dice gain minus a step penalty) scores the change.
+segmenter turns the prompts into a new mask, as the env's prompting rule says (by default all
+prompts so far, a new box replacing the old one and clicks accumulating, with the previous
+turn's low-resolution logits as SAM's ``mask_input`` on click turns; see
+``medseg_env.prompting``); the reward (by default the Dice gain minus a step penalty) scores the
+change.
 
 Frames: every sample is letterboxed into an ``S×S`` canvas (``S = obs_size``): the longest
 side is resized to ``S`` and the rest is zero-padded at the bottom/right. Observations, actions,
@@ -22,13 +24,13 @@ from typing import TYPE_CHECKING, Any, cast
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from skimage.transform import resize
 
 from . import actions as A
 from .data import Dataset, Sample, load_dataset
-from .geometry import LongestSide, innermost_pixel, pixel_center, to_pixels
+from .geometry import innermost_pixel, letterbox, pixel_center, to_pixels
 from .metrics import dice_iou
 from .oracle import Oracle
+from .prompting import PromptingRule, make_prompting_rule, prompting_rule_names
 from .registry import UnknownNameError
 from .render import hint_map, overlay, prompt_map
 from .rewards import REJECTED, Reward, StepContext
@@ -48,9 +50,6 @@ if TYPE_CHECKING:
 Observation = dict[str, np.ndarray]
 StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
 
-
-PROMPTING_MODES = ("accumulate", "medsam_agent_eval", "medsam_agent_rl")
-"""What the segmenter is given each turn (the ``prompting`` option)."""
 
 RESET_OPTIONS = ("sample_index", "sample_id")
 """The keys ``MedSegEnv.reset(options=...)`` takes."""
@@ -95,11 +94,10 @@ def default_config() -> dict[str, Any]:
     - ``reward``: a preset name, a term, or a weighted composition (``medseg_env.rewards``).
     - ``min_box_size``: a box narrower or lower than this many observation pixels is invalid:
       a finite real number from 0 to ``obs_size``.
-    - ``prompting``: what the segmenter is given each turn: ``"accumulate"`` (every prompt so
-      far, the previous logits on click turns) or ``"medsam_agent_eval"`` (MedSAM-Agent's
-      evaluation: a box alone, a click alone once a mask exists, both with the previous
-      logits, best of 3 candidates) or ``"medsam_agent_rl"`` (the new prompt alone with the
-      previous logits); see ``MedSegEnv._predict``.
+    - ``prompting``: what the segmenter is given each turn, the name of a registered
+      prompting rule (``medseg_env.prompting``): ``"accumulate"`` (every prompt so far, the
+      previous logits on click turns), ``"medsam_agent_eval"`` and ``"medsam_agent_rl"``
+      (MedSAM-Agent's evaluation and training calls), or one a plug-in registers.
     - ``target_hint``: ``True`` adds the ``hint`` key to the observation and ``target_hint`` to
       ``info``: the target's innermost pixel, where a user points to say which structure to
       segment. Without it a policy that sees only the image cannot tell which of many similar
@@ -199,10 +197,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         max_turns = _check_int_option("max_turns", config["max_turns"], minimum=1)
         min_box_size = _check_min_box_size(config["min_box_size"], size)
         _check_segmenter_kwargs(config["segmenter_kwargs"])
-        if config["prompting"] not in PROMPTING_MODES:
-            raise ValueError(
-                f"prompting must be one of {list(PROMPTING_MODES)}; got {config['prompting']!r}"
-            )
+        self._rule: PromptingRule = make_prompting_rule(config["prompting"])
         self.prompting: str = config["prompting"]
         if not isinstance(config["target_hint"], (bool, np.bool_)):
             raise TypeError(
@@ -376,6 +371,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._score = 0.0
         self._done = False
         self._episode_count += 1
+        self._rule.start_episode()
 
     def step(self, action: A.Action) -> StepResult:
         """Take one turn: :meth:`plan_step`, the segmenter's ``predict``, :meth:`commit_step`."""
@@ -430,9 +426,10 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             )
         prev_mask = self._mask
         self._turn += 1
-        if plan.prompts is not None and prediction is not None:
+        if plan.prompts is not None and plan.request is not None and prediction is not None:
             self._prompts, self._logits = plan.prompts, prediction.logits
             self._mask, self._score = _frozen_copy(prediction.mask), prediction.score
+            self._rule.commit(plan.kind, plan.request, prediction)
         if plan.invalid is not None:
             self._num_invalid += 1
         terminated = plan.kind == A.ActionKind.STOP
@@ -571,42 +568,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         return self.segmenter.predict_request(self._request(kind, prompts))
 
     def _request(self, kind: A.ActionKind, prompts: Prompts) -> PredictRequest:
-        """The segmenter call for the prompt set after this action, as ``prompting`` says.
+        """The segmenter call for the prompt set after this action, as the prompting rule says.
 
-        ``"accumulate"``: every prompt so far, the previous logits on click turns, one mask.
-        ``"medsam_agent_eval"`` (MedSAM-Agent's evaluation code): a box alone with the previous
-        logits; once logits exist, a click alone (the last one) with them; before that, every
-        click; the best of the decoder's 3 candidates by its own score each time.
-        ``"medsam_agent_rl"`` (its training tools, as the issue reads them): the new prompt
-        alone with the previous logits, one mask.
+        The rule (``medseg_env.prompting``) sees the turn's kind, the prompt set after it, the
+        episode's embedding and the previous logits; it changes nothing here, since a plan or a
+        preview may be dropped. ``commit_step`` tells it the turn was taken.
         """
-        if self.prompting == "accumulate":
-            return PredictRequest(self._embedding, prompts, self._mask_input(kind))
-        logits = self._logits
-        if self.prompting == "medsam_agent_rl":
-            if kind == A.ActionKind.BOX:
-                assert prompts.box is not None
-                alone = Prompts().with_box(prompts.box)
-            else:
-                alone = Prompts(prompts.points[-1:], prompts.labels[-1:])
-            return PredictRequest(self._embedding, alone, logits)
-        if kind == A.ActionKind.BOX:
-            assert prompts.box is not None
-            call = Prompts().with_box(prompts.box)
-        elif logits is not None:
-            call = Prompts(prompts.points[-1:], prompts.labels[-1:])
-        else:
-            call = prompts
-        return PredictRequest(self._embedding, call, logits, multimask=True)
-
-    def _mask_input(self, kind: A.ActionKind) -> torch.Tensor | None:
-        """The previous logits on refinement (click) turns; none for a new box.
-
-        SAM-style models are trained with the mask input only on correction rounds, never with
-        a box (measured: feeding it with a repeated box lowers LiteMedSAM's Dice by ~0.03–0.06),
-        so a new box starts a fresh prediction from the box and the clicks so far.
-        """
-        return None if kind == A.ActionKind.BOX else self._logits
+        return self._rule.request(kind, prompts, embedding=self._embedding, logits=self._logits)
 
     def _prompts_after(
         self, kind: A.ActionKind, point: np.ndarray, box: np.ndarray
@@ -802,6 +770,18 @@ def _restore_rng(env: gym.Env[Any, Any], saved: _RngState) -> None:
     env._np_random, env._np_random_seed = rng, seed
 
 
+def __getattr__(name: str) -> Any:
+    # Kept only while the trainer adapters and the SFT exporter move (issue 20): they import
+    # these old names, which now live in medseg_env.prompting and medseg_env.geometry.
+    if name == "PROMPTING_MODES":
+        return tuple(prompting_rule_names())
+    if name in ("letterbox", "unletterbox_mask"):
+        from . import geometry
+
+        return getattr(geometry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class _EnvOracle:
     """The ``Oracle`` of a ``MedSegEnv``: a read-only view of its current episode."""
 
@@ -829,50 +809,3 @@ class _EnvOracle:
 
     def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
         return self._env.preview(action)
-
-
-def letterbox(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """Resize the longest side of a sample to ``size`` and zero-pad to ``size×size``.
-
-    Returns ``(image (S,S,3) uint8, target (S,S) bool, spacing (row_mm, col_mm))``. The target
-    is resized by area coverage, and never vanishes: a target smaller than a canvas pixel keeps
-    the pixel it covers most.
-    """
-    height, width = sample.mask.shape
-    frame = LongestSide(height, width, size)
-    new_h, new_w = frame.resized_shape
-    scale = frame.scale
-    image = np.zeros((size, size, 3), np.uint8)
-    target = np.zeros((size, size), bool)
-    if (new_h, new_w) == (height, width):
-        image[:height, :width] = sample.image
-        target[:height, :width] = sample.mask
-    else:
-        resized = resize(
-            sample.image, (new_h, new_w), order=1, preserve_range=True, anti_aliasing=scale < 1
-        )
-        image[:new_h, :new_w] = np.clip(resized.round(), 0, 255).astype(np.uint8)
-        coverage = resize(
-            sample.mask.astype(np.float32), (new_h, new_w), order=1, anti_aliasing=scale < 1
-        )
-        target[:new_h, :new_w] = coverage >= 0.5
-        if not target.any():
-            r, c = np.unravel_index(np.argmax(coverage), coverage.shape)
-            target[r, c] = True
-    return image, target, frame.resized_spacing(sample.spacing)
-
-
-def unletterbox_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A canvas mask back at the sample's ``(H, W)`` resolution (the inverse of ``letterbox``).
-
-    Crops the content out of the ``S×S`` canvas and resizes it by nearest neighbour, so every
-    sample pixel takes the value of the canvas pixel it falls in.
-    """
-    height, width = shape
-    new_h, new_w = LongestSide(height, width, mask.shape[0]).resized_shape
-    content = np.asarray(mask, bool)[:new_h, :new_w]
-    if (new_h, new_w) == (height, width):
-        return content.copy()
-    rows = np.minimum((np.arange(height) + 0.5) * new_h / height, new_h - 1).astype(int)
-    cols = np.minimum((np.arange(width) + 0.5) * new_w / width, new_w - 1).astype(int)
-    return content[np.ix_(rows, cols)]

@@ -19,10 +19,14 @@ frame together. The MLLM text protocols add their integer grids (0–999, 0–10
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.transform import resize
+
+if TYPE_CHECKING:
+    from .data.sample import Sample
 
 PixelBox = tuple[int, int, int, int]
 """``(r0, c0, r1, c1)``: inclusive row/column pixel indices."""
@@ -86,6 +90,58 @@ class LongestSide:
     def to_source(self, coords: np.ndarray) -> np.ndarray:
         """Target ``(x, y)`` coordinates back to the source frame (inverse of ``to_target``)."""
         return np.asarray(coords) / self.scale
+
+
+# ---------------------------------------------------------------------------------------------
+# The env's letterbox: a sample into the S×S canvas, and a canvas mask back
+# ---------------------------------------------------------------------------------------------
+
+
+def letterbox(sample: Sample, size: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Resize the longest side of a sample to ``size`` and zero-pad to ``size×size``.
+
+    Returns ``(image (S,S,3) uint8, target (S,S) bool, spacing (row_mm, col_mm))``. The target
+    is resized by area coverage, and never vanishes: a target smaller than a canvas pixel keeps
+    the pixel it covers most.
+    """
+    height, width = sample.mask.shape
+    frame = LongestSide(height, width, size)
+    new_h, new_w = frame.resized_shape
+    scale = frame.scale
+    image = np.zeros((size, size, 3), np.uint8)
+    target = np.zeros((size, size), bool)
+    if (new_h, new_w) == (height, width):
+        image[:height, :width] = sample.image
+        target[:height, :width] = sample.mask
+    else:
+        resized = resize(
+            sample.image, (new_h, new_w), order=1, preserve_range=True, anti_aliasing=scale < 1
+        )
+        image[:new_h, :new_w] = np.clip(resized.round(), 0, 255).astype(np.uint8)
+        coverage = resize(
+            sample.mask.astype(np.float32), (new_h, new_w), order=1, anti_aliasing=scale < 1
+        )
+        target[:new_h, :new_w] = coverage >= 0.5
+        if not target.any():
+            r, c = np.unravel_index(np.argmax(coverage), coverage.shape)
+            target[r, c] = True
+    return image, target, frame.resized_spacing(sample.spacing)
+
+
+def unletterbox_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A canvas mask back at the sample's ``(H, W)`` resolution (the inverse of ``letterbox``).
+
+    Crops the content out of the ``S×S`` canvas and resizes it by nearest neighbour, so every
+    sample pixel takes the value of the canvas pixel it falls in.
+    """
+    height, width = shape
+    new_h, new_w = LongestSide(height, width, mask.shape[0]).resized_shape
+    content = np.asarray(mask, bool)[:new_h, :new_w]
+    if (new_h, new_w) == (height, width):
+        return content.copy()
+    rows = np.minimum((np.arange(height) + 0.5) * new_h / height, new_h - 1).astype(int)
+    cols = np.minimum((np.arange(width) + 0.5) * new_w / width, new_w - 1).astype(int)
+    return content[np.ix_(rows, cols)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .data import Dataset, load_dataset
-from .env import MIN_OBS_SIZE, default_config, letterbox
+from .env import MIN_OBS_SIZE, default_config
+from .geometry import letterbox
 from .registry import parse_spec
 from .segmenters import EmbeddingCache, Segmenter, make_segmenter
 from .segmenters.cache import CACHE_DIR_ENV, expand_dir, image_key

@@ -1,7 +1,7 @@
 """``Registry``: the one registry type behind every name a user can pass as a string.
 
-Segmenters, datasets, reward terms, reward presets (here) and policies (``medseg_agents``) each
-keep one ``Registry``. They all behave the same way:
+Segmenters, datasets, reward terms, reward presets, prompting rules, text protocols (here) and
+policies (``medseg_agents``) each keep one ``Registry``. They all behave the same way:
 
 - ``register(name, entry)`` refuses a name that is taken unless ``overwrite=True``, so two
   packages cannot silently replace each other's entries;

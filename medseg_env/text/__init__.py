@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..prompting import PROMPTING_RULES
 from ..registry import Registry
 from .medsam_agent import MedSAMAgentProtocol, MedSAMAgentRLProtocol
 from .protocol import TOOL_NAMES, ImageRule, ParsedReply, Protocol, ToolCall
@@ -45,15 +46,23 @@ def get_protocol(spec: str | Protocol) -> Protocol:
         KeyError: an unknown name (``UnknownNameError``, also a ``ValueError``).
         TypeError: ``spec`` is neither a name nor a protocol, or a factory returned something
             other than a ``Protocol``.
+        ValueError: the protocol's ``segmenter_call`` is not a registered prompting rule
+            (``medseg_env.prompting``).
     """
     if isinstance(spec, Protocol):
-        return spec
-    if not isinstance(spec, str):
+        protocol = spec
+    elif not isinstance(spec, str):
         raise TypeError(f"a protocol is a registered name or a Protocol; got {spec!r}")
-    entry = PROTOCOLS.get(spec)
-    protocol = entry if isinstance(entry, Protocol) else entry()
-    if not isinstance(protocol, Protocol):
-        raise TypeError(f"protocol factory {spec!r} returned {protocol!r}, not a Protocol")
+    else:
+        entry = PROTOCOLS.get(spec)
+        protocol = entry if isinstance(entry, Protocol) else entry()
+        if not isinstance(protocol, Protocol):
+            raise TypeError(f"protocol factory {spec!r} returned {protocol!r}, not a Protocol")
+    if protocol.segmenter_call not in PROMPTING_RULES:
+        raise ValueError(
+            f"protocol {protocol.name!r} calls its segmenter as {protocol.segmenter_call!r}, "
+            f"which is no registered prompting rule; known: {PROMPTING_RULES.names()}"
+        )
     return protocol
 
 

@@ -152,12 +152,11 @@ class Protocol(ABC):
         retry_first_stop: a ``stop_action`` before any action is retried instead of obeyed
             while the retry budget (shared with malformed replies) is not spent, and obeyed
             once it is (MedSAM-Agent's EVAL path).
-        segmenter_call: the env's ``prompting`` mode the protocol was scored or trained with
-            (``medseg_env.env.PROMPTING_MODES``): ``"accumulate"`` (all prompts, previous
-            logits on clicks, one mask), ``"medsam_agent_eval"`` (a box alone, a click alone
-            once a mask exists, with the previous logits; best of 3 candidates) or
-            ``"medsam_agent_rl"`` (the new prompt alone with the previous logits, one mask).
-            ``MedSeg-Text-v0`` uses it unless ``prompting`` is given.
+        segmenter_call: the env's ``prompting`` rule the protocol was scored or trained with,
+            a name in ``medseg_env.prompting.PROMPTING_RULES`` (``"accumulate"``,
+            ``"medsam_agent_eval"``, ``"medsam_agent_rl"``, or one a plug-in registers);
+            ``get_protocol`` refuses a protocol that names an unknown one. ``MedSeg-Text-v0``
+            uses it unless ``prompting`` is given.
     """
 
     name: str
@@ -176,7 +175,7 @@ class Protocol(ABC):
     execute_last_turn: bool = True
     retries: int = 0
     retry_first_stop: bool = False
-    segmenter_call: Literal["accumulate", "medsam_agent_eval", "medsam_agent_rl"] = "accumulate"
+    segmenter_call: str = "accumulate"
 
     @abstractmethod
     def parse(self, text: str) -> ParsedReply:

@@ -18,7 +18,7 @@ import torch
 
 from medseg_bench import throughput
 from medseg_env import actions as A
-from medseg_env.env import letterbox
+from medseg_env.geometry import letterbox
 
 ENVS = (1, 3)
 STEPS = 5

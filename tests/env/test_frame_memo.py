@@ -7,7 +7,8 @@ import pytest
 
 from medseg_env import env as env_module
 from medseg_env.data import Dataset
-from medseg_env.env import MedSegEnv, letterbox
+from medseg_env.env import MedSegEnv
+from medseg_env.geometry import letterbox
 
 
 def test_frame_memo_is_bounded_and_evicts_least_recent(

@@ -19,7 +19,8 @@ import medseg_env.segmenters.cache as cache_module
 from medseg_env import actions
 from medseg_env.__main__ import main as medseg_main
 from medseg_env.data import Dataset, Sample
-from medseg_env.env import MedSegEnv, letterbox
+from medseg_env.env import MedSegEnv
+from medseg_env.geometry import letterbox
 from medseg_env.precompute import PrecomputeError, default_cache_dir, precompute
 from medseg_env.registry import parse_spec
 from medseg_env.segmenters import Classical, EmbeddingCache, LiteMedSAMClicks

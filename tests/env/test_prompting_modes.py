@@ -9,6 +9,14 @@ import pytest
 from medseg_env import MedSegEnv
 from medseg_env import actions as A
 from medseg_env.data import Dataset
+from medseg_env.prompting import (
+    PROMPTING_RULES,
+    Accumulate,
+    PromptingRule,
+    prompting_rule_names,
+    register_prompting_rule,
+)
+from medseg_env.registry import UnknownNameError
 from medseg_env.segmenters import make_segmenter
 
 
@@ -80,3 +88,80 @@ def test_text_env_uses_the_protocols_mode(small_demo: Dataset, protocol: str, mo
         "MedSeg-Text-v0", dataset=small_demo, protocol=protocol, prompting="accumulate"
     )
     assert override.unwrapped.prompting == "accumulate"
+
+
+class Recording(PromptingRule):
+    """``accumulate``'s calls, recording what the env tells the rule and when."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.inner = Accumulate()
+
+    def start_episode(self) -> None:
+        self.events.append(("start", -1))
+
+    def request(self, kind, prompts, *, embedding, logits):
+        self.events.append(("request", int(kind)))
+        return self.inner.request(kind, prompts, embedding=embedding, logits=logits)
+
+    def commit(self, kind, request, prediction) -> None:
+        self.events.append(("commit", int(kind)))
+
+
+@pytest.fixture
+def recording_rule():
+    register_prompting_rule("test_recording", Recording)
+    try:
+        yield "test_recording"
+    finally:
+        PROMPTING_RULES.unregister("test_recording")
+
+
+def test_a_registered_rule_is_told_of_episodes_plans_and_taken_turns(
+    small_demo: Dataset, recording_rule: str
+) -> None:
+    env = MedSegEnv(dataset=small_demo, prompting=recording_rule)
+    other = MedSegEnv(dataset=small_demo, prompting=recording_rule)
+    rule = env._rule
+    assert isinstance(rule, Recording) and rule is not other._rule  # one rule per env
+    assert env.prompting == recording_rule
+    env.reset(seed=0, options={"sample_index": 0})
+    gt = env.ground_truth
+    rows, cols = np.nonzero(gt)
+    size = gt.shape[0]
+    box = A.pixel_box(rows.min(), cols.min(), rows.max(), cols.max(), size)
+    env.preview(box)  # planned, never taken
+    env.step(box)
+    env.step(A.box(0.5, 0.5, 0.5, 0.5))  # degenerate: invalid, no segmenter call
+    env.step(A.pixel_click(int(rows.mean()), int(cols.mean()), size, positive=True))
+    env.step(A.stop())
+    env.reset(seed=1, options={"sample_index": 1})
+    box_kind, click_kind = int(A.ActionKind.BOX), int(A.ActionKind.POSITIVE_CLICK)
+    assert rule.events == [
+        ("start", -1),
+        ("request", box_kind),
+        ("request", box_kind),
+        ("commit", box_kind),
+        ("request", click_kind),
+        ("commit", click_kind),
+        ("start", -1),
+    ]
+    assert other._rule.events == []
+
+
+def test_an_unknown_rule_is_refused_with_the_known_names(small_demo: Dataset) -> None:
+    assert prompting_rule_names()[:3] == ["accumulate", "medsam_agent_eval", "medsam_agent_rl"]
+    assert PROMPTING_RULES.group == "medseg_env.prompting_rules"
+    with pytest.raises(UnknownNameError, match=r"one of \['accumulate', 'medsam_agent_eval'"):
+        MedSegEnv(dataset=small_demo, prompting="all")
+    with pytest.raises(TypeError, match="prompting must be the name of a prompting rule"):
+        MedSegEnv(dataset=small_demo, prompting=Accumulate())
+
+
+def test_a_factory_that_returns_no_rule_is_named(small_demo: Dataset) -> None:
+    register_prompting_rule("test_broken", lambda: "accumulate")  # type: ignore[arg-type,return-value]
+    try:
+        with pytest.raises(TypeError, match="'test_broken' returned 'accumulate'"):
+            MedSegEnv(dataset=small_demo, prompting="test_broken")
+    finally:
+        PROMPTING_RULES.unregister("test_broken")

@@ -20,7 +20,7 @@ from medseg_testing import mask_box
 import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env import actions as A
 from medseg_env.data import Dataset
-from medseg_env.env import letterbox
+from medseg_env.geometry import letterbox
 from medseg_env.segmenters import (
     EmbeddingCache,
     PredictRequest,

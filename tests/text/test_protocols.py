@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 
 from medseg_env import geometry
+from medseg_env.prompting import (
+    PROMPTING_RULES,
+    Accumulate,
+    prompting_rule_names,
+    register_prompting_rule,
+)
 from medseg_env.registry import UnknownNameError
 from medseg_env.text import (
     PROTOCOLS,
@@ -559,3 +565,19 @@ def test_user_registration():
             if name in PROTOCOLS:
                 PROTOCOLS.unregister(name)
     assert "test-echo" not in registered_protocols()
+
+
+def test_a_protocol_names_a_registered_prompting_rule():
+    for name in registered_protocols():
+        assert get_protocol(name).segmenter_call in prompting_rule_names()
+
+    class _OwnCall(_Echo):
+        segmenter_call = "every_other_click"
+
+    with pytest.raises(ValueError, match=r"'every_other_click'.*known: \['accumulate'"):
+        get_protocol(_OwnCall())
+    register_prompting_rule("every_other_click", Accumulate)
+    try:
+        assert get_protocol(_OwnCall()).segmenter_call == "every_other_click"
+    finally:
+        PROMPTING_RULES.unregister("every_other_click")
