@@ -4,6 +4,10 @@ Built in, in this order: ``medsam_agent`` (MedSAM-Agent's EVAL path), ``medsam_a
 (its RL path) and ``segagent`` (SegAgent). Third-party packages add theirs with
 ``register_protocol`` or through the ``medseg_env.protocols`` entry-point group
 (``name = "pkg.module:factory"``, the factory taking no arguments).
+
+Also here: ``hermes`` (Qwen's ``<tool_call>`` text, written and read in one place) and
+``tool_session`` (``ToolSession``: one text episode driven call by call, the framework-neutral
+core of the trainer adapters; import it from its module, as it drives the text env wrapper).
 """
 
 from __future__ import annotations

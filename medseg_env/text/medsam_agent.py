@@ -3,7 +3,8 @@
 Both share the three tool schemas (``TOOLS``, the released ``tools_json_v2``) and the system
 prompt (``SYSTEM_PROMPT``, byte-identical to ``system_prompt_v2`` of
 ``infer/models/model_loader.py`` and to the prompt ``RL-verl/recipe/medsam_agent/
-medsam_dataset.py`` builds), and both reply in Qwen's Hermes format::
+medsam_dataset.py`` builds), and both reply in Qwen's Hermes format
+(``medseg_env.text.hermes``)::
 
     <tool_call>
     {"name": "add_point", "arguments": {"point_2d": [345, 167], "point_type": "positive"}}
@@ -74,6 +75,15 @@ import reprlib
 from typing import Any
 
 from .. import geometry
+from .hermes import (
+    call_blocks,
+    call_objects,
+    decode_block,
+    json_kind,
+    json_problem,
+    no_call_reason,
+    render_call,
+)
 from .protocol import TOOL_NAMES, ImageRule, ParsedReply, Protocol, ToolCall, grid_integers
 
 TOOLS: tuple[dict[str, Any], ...] = (
@@ -166,9 +176,7 @@ SYSTEM_PROMPT = (
     "functions. Carefully consider the current mask state before each action."
 )
 
-_EVAL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 _EVAL_KEY_FIX = re.compile(r'([,{]\s*)([a-zA-Z_]\w*)(\s*":\s*)')
-_HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _LEGACY_POINTS = {"add_positive_point": "positive", "add_negative_point": "negative"}
 _POINT_TYPES = ("positive", "negative")
 
@@ -183,11 +191,6 @@ _repr.maxdict = 4
 def _short(value: Any) -> str:
     """A short repr of a value for an error message."""
     return _repr.repr(value)
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _value_error(value: Any, key: str, frame: geometry.GridFrame) -> str | None:
@@ -206,7 +209,7 @@ def _coordinates(
 ) -> tuple[tuple[Any, ...] | None, str | None]:
     """``count`` grid coordinates from a JSON list, or the reason there are none."""
     if not isinstance(values, list):
-        return None, f"{key} must be a list of {count} numbers, got {_kind(values)}"
+        return None, f"{key} must be a list of {count} numbers, got {json_kind(values)}"
     if len(values) < count or (len(values) > count and not extra_ok):
         return None, f"{key} needs {count} numbers, got {len(values)}"
     for value in values[:count]:
@@ -214,19 +217,6 @@ def _coordinates(
         if problem is not None:
             return None, problem
     return tuple(values[:count]), None
-
-
-def _no_call_reason(text: str) -> str:
-    if "<tool_call>" not in text:
-        return "no <tool_call> found"
-    if "</tool_call>" not in text:
-        return "no <tool_call> found: <tool_call> is never closed (truncated reply?)"
-    return "no <tool_call> found: no {...} object between <tool_call> and </tool_call>"
-
-
-def _json_problem(err: Exception) -> str:
-    detail = err.msg if isinstance(err, json.JSONDecodeError) else str(err) or type(err).__name__
-    return f"invalid JSON in <tool_call>: {detail}"
 
 
 def render_arguments(call: ToolCall, frame: geometry.GridFrame) -> dict[str, Any]:
@@ -268,10 +258,10 @@ class _MedSAMAgentBase(Protocol):
         """``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, Qwen's layout.
 
         The JSON is ``json.dumps`` with its default separators, as Qwen's chat template
-        (``tojson``) writes a call and as the system prompt shows the format.
+        (``tojson``) writes a call and as the system prompt shows the format
+        (``hermes.render_call``).
         """
-        payload = {"name": call.name, "arguments": render_arguments(call, self.frame)}
-        return "<tool_call>\n" + json.dumps(payload) + "\n</tool_call>"
+        return render_call(call.name, render_arguments(call, self.frame))
 
 
 class MedSAMAgentProtocol(_MedSAMAgentBase):
@@ -298,9 +288,9 @@ class MedSAMAgentProtocol(_MedSAMAgentBase):
     segmenter_call = "medsam_agent_eval"
 
     def _parse(self, text: str) -> ParsedReply:
-        found = _EVAL_CALL.findall(text)
+        found = call_objects(text)
         if not found:
-            return ParsedReply(text, None, _no_call_reason(text))
+            return ParsedReply(text, None, no_call_reason(text))
         num_calls = len(found)
 
         def fail(reason: str) -> ParsedReply:
@@ -310,9 +300,9 @@ class MedSAMAgentProtocol(_MedSAMAgentBase):
         try:
             obj = json.loads(fixed)
         except (ValueError, RecursionError) as err:
-            return fail(_json_problem(err))
+            return fail(json_problem(err))
         if not isinstance(obj, dict):  # cannot happen for "{...}" text; kept for safety
-            return fail(f"a tool call must be a JSON object, got {_kind(obj)}")
+            return fail(f"a tool call must be a JSON object, got {json_kind(obj)}")
         name = obj.get("name", "")
         arguments = obj.get("arguments", {})
         if not isinstance(name, str):
@@ -322,7 +312,7 @@ class MedSAMAgentProtocol(_MedSAMAgentBase):
         if name not in ("add_bbox", "add_point", *_LEGACY_POINTS):
             return fail(f"unknown tool {_short(name)}")
         if not isinstance(arguments, dict):
-            return fail(f"{name} arguments must be a JSON object, got {_kind(arguments)}")
+            return fail(f"{name} arguments must be a JSON object, got {json_kind(arguments)}")
 
         if name == "add_bbox":
             bbox = arguments.get("bbox_2d")
@@ -357,36 +347,6 @@ class MedSAMAgentProtocol(_MedSAMAgentBase):
         return ParsedReply(text, call, None, num_calls)
 
 
-def _hermes_decode(segment: str) -> tuple[tuple[str, Any] | None, str | None]:
-    """verl's ``HermesToolParser`` on one ``<tool_call>`` body: ``(name, arguments)`` or why not."""
-    try:
-        obj = json.loads(segment.strip())
-    except json.JSONDecodeError as err:
-        # verl's salvage: newlines to spaces, then one more try on a "{...}" line
-        line = segment.strip().replace("\n", " ").replace("\r", "").strip()
-        if not (line.startswith("{") and line.endswith("}")):
-            return None, _json_problem(err)
-        try:
-            salvaged = json.loads(line)
-        except (ValueError, RecursionError):
-            return None, _json_problem(err)
-        if not isinstance(salvaged, dict):
-            return None, f"a tool call must be a JSON object, got {_kind(salvaged)}"
-        name, arguments = salvaged.get("name"), salvaged.get("arguments")
-        if not (name and isinstance(name, str)) or arguments is None:
-            return None, "a tool call needs a 'name' and 'arguments'"
-        return (name, arguments), None
-    except (ValueError, RecursionError) as err:
-        return None, _json_problem(err)
-    if not isinstance(obj, dict):
-        return None, f"a tool call must be a JSON object, got {_kind(obj)}"
-    if "name" not in obj or "arguments" not in obj:
-        return None, "a tool call needs a 'name' and 'arguments'"
-    if not isinstance(obj["name"], str):
-        return None, f"tool name must be a string, got {_kind(obj['name'])}"
-    return (obj["name"], obj["arguments"]), None
-
-
 class MedSAMAgentRLProtocol(_MedSAMAgentBase):
     """MedSAM-Agent's RL path (``RL-verl/``); see the module docstring for its behaviour."""
 
@@ -410,8 +370,8 @@ class MedSAMAgentRLProtocol(_MedSAMAgentBase):
 
     def _parse(self, text: str) -> ParsedReply:
         if "<tool_call>" not in text or "</tool_call>" not in text:
-            return ParsedReply(text, None, _no_call_reason(text))
-        segments = _HERMES_CALL.findall(text)
+            return ParsedReply(text, None, no_call_reason(text))
+        segments = call_blocks(text)
         num_calls = len(segments)
         if not segments:
             return ParsedReply(text, None, "no <tool_call> found: </tool_call> before <tool_call>")
@@ -422,7 +382,7 @@ class MedSAMAgentRLProtocol(_MedSAMAgentBase):
         decoded: list[tuple[str, Any]] = []
         first_problem = None
         for segment in segments:
-            found, problem = _hermes_decode(segment)
+            found, problem = decode_block(segment)
             if found is not None:
                 decoded.append(found)
             elif first_problem is None:
@@ -437,7 +397,7 @@ class MedSAMAgentRLProtocol(_MedSAMAgentBase):
             return ParsedReply(text, ToolCall("stop_action", {}), None, num_calls)
         stop_after = any(other == "stop_action" for other, _ in decoded[1:])
         if not isinstance(arguments, dict):
-            return fail(f"{name} arguments must be a JSON object, got {_kind(arguments)}")
+            return fail(f"{name} arguments must be a JSON object, got {json_kind(arguments)}")
 
         if name == "add_point":
             point, point_type = arguments.get("point_2d"), arguments.get("point_type")

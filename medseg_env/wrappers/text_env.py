@@ -4,9 +4,10 @@
 into a tool call; the call's grid coordinates become an action on the env's canvas, and the
 env takes the turn. A reply that gives no call (malformed, an unknown tool, a coordinate out of
 range, no call at all) never raises: it goes through the env's invalid-action path
-(``MedSegEnv.reject``), so the turn is spent, ``info["format_error"]`` gives the reason, the
-reward's terms see it, and the protocol's rule decides whether the episode goes on (``retries``
-malformed replies in a row are tolerated) or ends.
+(``MedSegEnv.reject``, reached down the wrapper chain with ``get_wrapper_attr``, so a wrapper in
+between that defines ``reject`` sees it), so the turn is spent, ``info["format_error"]`` gives
+the reason, the reward's terms see it, and the protocol's rule decides whether the episode goes
+on (``retries`` malformed replies in a row are tolerated) or ends.
 
 The observation is the conversation so far as OpenAI-style chat messages, in the protocol's
 history mode (``info["messages"]`` is the same list), so a stateless policy sends it as it
@@ -14,7 +15,12 @@ is. Images are PIL images or PNG data URLs (``images="pil" | "data_url"``).
 
 The model sees the sample at its own resolution (not the canvas), with the current mask tinted
 on it, through the protocol's image rule; grid coordinates refer to that image, as in
-MedSAM-Agent's code. Use this wrapper outermost: ``reject`` reaches the base env directly.
+MedSAM-Agent's code.
+
+A trainer whose loop stops with the episode still open (a token budget, a dropped tool result)
+ends it with :meth:`MedSegTextEnv.close_episode`; ``medseg_env.text.tool_session`` drives
+episodes call by call for trainer adapters. ``oracle`` is the inner env's ``Oracle`` as a
+policy that writes replies sees it (previews go through the reply text).
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from gymnasium import spaces
 from PIL import Image
 
 from .. import actions as A
-from ..env import MedSegEnv, unletterbox_mask
-from ..geometry import GridFrame, LongestSide
+from ..env import MedSegEnv
+from ..geometry import GridFrame, LongestSide, unletterbox_mask
+from ..oracle import Oracle
+from ..segmenters.types import PromptKind, Prompts
 from ..text import get_protocol
 from ..text.messages import IMAGE_FORMATS, ImageFormat, Message, model_image, user_message
 from ..text.protocol import ImageRule, ParsedReply, Protocol, ToolCall
@@ -115,6 +123,10 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
     ``info`` adds, to the env's: ``messages`` (the observation), ``reply`` (the raw text),
     ``parsed`` (the call or the error, ``ParsedReply.to_dict``), ``executed`` (False when the
     protocol does not execute the last allowed reply, or no call was parsed), ``protocol``.
+
+    The wrapped env may itself be wrapped: actions go down the chain with ``step``, rejected
+    replies with the first ``reject`` found by ``get_wrapper_attr``, and ``oracle`` starts from
+    the chain's.
     """
 
     def __init__(
@@ -183,7 +195,8 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
                 reason, executed = "stop before any action: retried", False
             self._errors_in_row += 1
             end = self._errors_in_row > self.protocol.retries
-            _, reward, terminated, truncated, info = self._base.reject(reason, end=end)
+            reject = self.env.get_wrapper_attr("reject")  # a wrapper in between may see it
+            _, reward, terminated, truncated, info = reject(reason, end=end)
         else:
             self._errors_in_row = 0
             inner = cast(gym.Env[Any, A.Action], self.env)  # the wrapped env takes actions
@@ -206,6 +219,46 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         info.update(messages=messages, reply=action, parsed=parsed.to_dict(), executed=executed)
         info["protocol"] = self.protocol.name
         return messages, float(reward), bool(terminated), bool(truncated), info
+
+    def close_episode(self) -> tuple[list, float, bool, bool, dict[str, Any]]:
+        """End the open episode with the env's stop action; what ``step`` returns.
+
+        For trainers whose loop stops while the episode is still open (a token budget ran out,
+        a tool result was dropped): the stop is an ordinary action down the wrapper chain, not
+        a reply, so it is never charged as a format error; the reward's terms score it as a
+        stop. The unanswered user turn leaves the conversation. ``info`` has ``reply`` and
+        ``parsed`` None, ``executed`` False and ``closed`` True.
+
+        Raises:
+            RuntimeError: no episode is open (before a reset, or once it has ended).
+        """
+        if not self._turns or self._base.episode_over:
+            raise RuntimeError("no open episode to close; call reset() first")
+        inner = cast(gym.Env[Any, A.Action], self.env)  # the wrapped env takes actions
+        _, reward, terminated, truncated, info = inner.step(A.stop())
+        if self._turns[-1][1] is None:
+            self._turns.pop()  # the model never answered it
+        messages = self.messages()
+        info.update(messages=messages, reply=None, parsed=None, executed=False, closed=True)
+        info["protocol"] = self.protocol.name
+        return messages, float(reward), bool(terminated), bool(truncated), info
+
+    @property
+    def oracle(self) -> Oracle:
+        """The episode's ``medseg_env.Oracle`` as a policy that answers in reply text sees it.
+
+        Ground truth, prompts, sizes and ``supports`` are the inner env's oracle's (reached
+        with ``get_wrapper_attr``); ``preview(action)`` previews the action that the reply
+        text for ``action`` gives back (rendered under the protocol, parsed, mapped to the
+        canvas), so an expert measures the progress of what a model can write. An action whose
+        reply does not parse previews the current mask, with the reason.
+        """
+        return _ReplyOracle(self, self.env.get_wrapper_attr("oracle"))
+
+    def current_image(self) -> Image.Image:
+        """The image of the current state as the model sees it: the current mask tinted on the
+        protocol's view of the sample (what the next user turn shows)."""
+        return self._view(self._base.current_mask)
 
     def _accepted_prompts(self) -> int:
         p = self._base.prompts
@@ -309,6 +362,39 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
 
     def parse(self, reply: str) -> ParsedReply:
         return self.protocol.parse(reply)
+
+
+class _ReplyOracle:
+    """An ``Oracle`` whose ``preview`` runs the action that the reply text gives back."""
+
+    def __init__(self, text_env: MedSegTextEnv, inner: Oracle) -> None:
+        self._text_env, self._inner = text_env, inner
+
+    @property
+    def ground_truth(self) -> np.ndarray:
+        return self._inner.ground_truth
+
+    @property
+    def prompts(self) -> Prompts:
+        return self._inner.prompts
+
+    @property
+    def obs_size(self) -> int:
+        return self._inner.obs_size
+
+    @property
+    def min_box_size(self) -> float:
+        return self._inner.min_box_size
+
+    def supports(self, kind: PromptKind) -> bool:
+        return self._inner.supports(kind)
+
+    def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
+        env = self._text_env
+        parsed = env.parse(env.render_action(action))
+        if parsed.call is None:
+            return self._inner.preview(A.stop())[0], f"reply not parsed: {parsed.error}"
+        return self._inner.preview(env.to_action(parsed.call))
 
 
 def _apart(values: list[int], grid: GridFrame) -> list[int]:
