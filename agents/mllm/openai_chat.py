@@ -2,21 +2,24 @@
 
 ``vllm serve``, ``sglang``, ``transformers serve`` or a hosted API: the text env's messages go
 as they are (images as PNG data URLs), one request per episode and turn, at most
-``concurrency`` in flight, each with a timeout and retried with exponential back-off on
-connection errors, timeouts, rate limits and server errors. A request that still fails raises
+``concurrency`` in flight, each with a timeout. Failed requests are retried by the OpenAI
+client itself (``max_retries``): connection errors, timeouts, rate limits (HTTP 429) and server
+errors, after the delay the server asks for (``Retry-After``, up to two minutes) or else an
+exponential back-off with jitter (from 0.5 s, doubling, at most 8 s, each shortened by up to
+25% at random so that concurrent requests spread out). A request that still fails raises
 ``RuntimeError`` naming the server and the cause: the benchmark's journal keeps every episode
 finished before it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
+from medseg_env.text.hermes import reply_text as hermes_reply_text
 from medseg_env.text.messages import ImageFormat, Message, convert_images
 
 from .base import TextPolicy
@@ -41,7 +44,10 @@ class OpenAIChatPolicy(TextPolicy):
         api_key: default ``OPENAI_API_KEY``, else ``"EMPTY"`` (local servers ignore it).
         protocol, temperature, top_p, max_tokens, seed, episode_batch: see ``TextPolicy``.
         timeout: seconds per request.
-        max_retries: retries of a failed request (back-off ``backoff · 2^k`` seconds).
+        max_retries: retries of a failed request, by the OpenAI client (its back-off with
+            jitter, or the server's ``Retry-After``).
+        backoff: deprecated and ignored (it scaled a back-off of this policy's own, which
+            ignored ``Retry-After``); giving it warns.
         concurrency: requests in flight at once in ``act_batch``.
         extra_body: extra request fields the server understands (e.g. ``{"top_k": 1}``).
         on_server_error: ``"raise"`` (default), or ``"empty"`` to answer a request whose server
@@ -66,7 +72,7 @@ class OpenAIChatPolicy(TextPolicy):
         max_tokens: int = 128,
         timeout: float = 60.0,
         max_retries: int = 3,
-        backoff: float = 1.0,
+        backoff: float | None = None,
         concurrency: int = 8,
         extra_body: dict[str, Any] | None = None,
         on_server_error: str = "raise",
@@ -91,17 +97,24 @@ class OpenAIChatPolicy(TextPolicy):
             raise ValueError(f"timeout must be a number of seconds > 0; got {timeout!r}")
         if on_server_error not in ("raise", "empty"):
             raise ValueError(f"on_server_error must be 'raise' or 'empty'; got {on_server_error!r}")
+        if backoff is not None:
+            warnings.warn(
+                "OpenAIChatPolicy(backoff=...) is ignored: the OpenAI client retries with its own "
+                "back-off and jitter, and honours the server's Retry-After",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.on_server_error = on_server_error
         self.server_errors = 0  # requests answered empty after a server error
         openai = _import_openai()
         self.model, self.concurrency = model, concurrency
-        self.max_retries, self.backoff = max_retries, float(backoff)
+        self.max_retries = max_retries
         self.extra_body = dict(extra_body or {})
         self.client = openai.OpenAI(
             base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
             timeout=float(timeout),
-            max_retries=0,  # retried here, with our back-off and a clear final error
+            max_retries=max_retries,  # the client's retries honour Retry-After, with jitter
         )
         self._transient = (
             openai.APIConnectionError,  # includes APITimeoutError
@@ -135,21 +148,17 @@ class OpenAIChatPolicy(TextPolicy):
 
     def _complete(self, messages: list[Message], seed: int | None) -> str:
         body = self.request(messages, seed)
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.chat.completions.create(**body)
-                return reply_text(response.choices[0].message)
-            except self._transient as exc:
-                if attempt == self.max_retries:
-                    if self.on_server_error == "empty" and isinstance(exc, self._server_error):
-                        self.server_errors += 1
-                        return ""
-                    raise RuntimeError(
-                        f"{self.client.base_url}: chat completion for {self.model!r} failed "
-                        f"after {attempt + 1} tries: {type(exc).__name__}: {exc}"
-                    ) from exc
-                time.sleep(self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+        try:
+            response = self.client.chat.completions.create(**body)
+        except self._transient as exc:  # raised once the client's retries are spent
+            if self.on_server_error == "empty" and isinstance(exc, self._server_error):
+                self.server_errors += 1
+                return ""
+            raise RuntimeError(
+                f"{self.client.base_url}: chat completion for {self.model!r} failed after "
+                f"{self.max_retries + 1} tries: {type(exc).__name__}: {exc}"
+            ) from exc
+        return reply_text(response.choices[0].message)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.model, "base_url": str(self.client.base_url)}
@@ -159,16 +168,8 @@ def reply_text(message: Any) -> str:
     """The reply as the model wrote it.
 
     A server that parses tool calls itself (``vllm serve --enable-auto-tool-choice``) moves
-    them out of ``content``; they are put back as Hermes ``<tool_call>`` blocks, so the
-    protocol parses what the model wrote.
+    them out of ``content``; they are put back as Hermes ``<tool_call>`` blocks, as Qwen's
+    template writes them (``medseg_env.text.hermes.reply_text``), so the protocol parses what
+    the model wrote.
     """
-    text = message.content or ""
-    for call in getattr(message, "tool_calls", None) or []:
-        function = call.function
-        try:
-            arguments = json.loads(function.arguments or "{}")
-        except json.JSONDecodeError:
-            arguments = function.arguments
-        payload = json.dumps({"name": function.name, "arguments": arguments})
-        text += f"<tool_call>\n{payload}\n</tool_call>"
-    return text
+    return hermes_reply_text(message.content, getattr(message, "tool_calls", None))
