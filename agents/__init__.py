@@ -1,8 +1,9 @@
 """Reference policies for medseg-env (installed as ``medseg_agents``).
 
 ``make_policy(name, **kwargs)`` builds one by its registered name: ``oracle_box``,
-``hybrid_expert``, ``ritm``, ``imis``, ``random`` (in that order, the benchmark's table order
-and default set), and the MLLM policies ``openai``, ``vllm`` and ``transformers``
+``hybrid_expert``, ``ritm``, ``imis``, ``random``, and the GT-free baselines ``hint_click`` and
+``hint_box`` (``medseg_agents.baselines``; in that order, the benchmark's table order and
+default set), and the MLLM policies ``openai``, ``vllm`` and ``transformers``
 (``medseg_agents.mllm``) and the trained PPO agent ``ppo`` (``medseg_agents.ppo``), which
 need a model and run only when named.
 Add your own with ``register_policy(name, factory)`` or the ``medseg_agents.policies``
@@ -10,6 +11,7 @@ entry-point group.
 """
 
 from .base import Policy
+from .baselines import HintBox, HintClick
 from .clickers import IMISClicker, RITMClicker
 from .mllm import OpenAIChatPolicy, TextPolicy, TransformersPolicy, VLLMPolicy
 from .oracle import HybridExpert, OracleBox
@@ -27,6 +29,8 @@ register_policy("hybrid_expert", HybridExpert)
 register_policy("ritm", RITMClicker)
 register_policy("imis", IMISClicker)
 register_policy("random", RandomPolicy)
+register_policy("hint_click", HintClick)
+register_policy("hint_box", HintBox)
 register_policy("openai", OpenAIChatPolicy, default=False)
 register_policy("vllm", VLLMPolicy, default=False)
 register_policy("transformers", TransformersPolicy, default=False)
@@ -43,6 +47,8 @@ register_policy("ppo", _ppo, default=False)
 
 __all__ = [
     "POLICIES",
+    "HintBox",
+    "HintClick",
     "HybridExpert",
     "IMISClicker",
     "OpenAIChatPolicy",

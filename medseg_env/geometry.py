@@ -18,6 +18,7 @@ frame together. The MLLM text protocols add their integer grids (0–999, 0–10
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -246,6 +247,45 @@ def innermost_pixel(mask: np.ndarray) -> tuple[int, int]:
         raise ValueError("innermost_pixel needs a non-empty mask")
     row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return int(row), int(col)
+
+
+USER_POINT_TRIES = 32
+"""Draws of :func:`user_point` before it falls back to the innermost pixel."""
+
+
+def user_point(mask: np.ndarray, noise: float, rng: np.random.Generator) -> tuple[int, int]:
+    """``(row, col)`` of a simulated user's "this one" point on a non-empty mask.
+
+    Real users do not click the innermost pixel: the RClicks study (Antonov et al., NeurIPS
+    2024 Datasets and Benchmarks) recorded thousands of real clicks and found them spread
+    around the object's centre, off the distance-transform maximum that click simulators use.
+    This is a simple, documented model of that spread, not a fit to their data:
+
+    - the point is the innermost pixel (:func:`innermost_pixel`) plus an isotropic Gaussian
+      offset with standard deviation ``noise * r`` pixels per axis, where
+      ``r = sqrt(area / pi)`` is the radius of a disk of the mask's area, rounded to a pixel;
+    - a draw outside the mask (or the image) is redrawn, up to ``USER_POINT_TRIES`` times; a
+      user never points outside the object. If every draw misses (a thin object), the
+      innermost pixel is used.
+
+    ``noise = 0`` is the innermost pixel and draws nothing from ``rng``. Otherwise exactly two
+    normal deviates are drawn per try, so the result is a pure function of the mask, ``noise``
+    and the generator's state.
+    """
+    if not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"user_point needs noise >= 0 (a finite number); got {noise!r}")
+    row, col = innermost_pixel(mask)
+    if noise == 0:
+        return row, col
+    mask = np.asarray(mask, dtype=bool)
+    sigma = noise * math.sqrt(float(mask.sum()) / math.pi)
+    height, width = mask.shape
+    for _ in range(USER_POINT_TRIES):
+        dr, dc = rng.normal(0.0, sigma, size=2)
+        r, c = int(round(row + dr)), int(round(col + dc))
+        if 0 <= r < height and 0 <= c < width and mask[r, c]:
+            return r, c
+    return row, col
 
 
 # ---------------------------------------------------------------------------------------------
