@@ -27,6 +27,6 @@ def _hub_offline() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Qwen3-VL model folder (seed 0), built once per session."""
-    from medseg_agents.mllm.tiny import build_tiny_qwen_vl
+    from medseg_agents.testing.tiny_qwen import build_tiny_qwen_vl
 
     return build_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen3-vl"), seed=0)

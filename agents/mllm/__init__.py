@@ -1,12 +1,12 @@
-"""MLLM policies and the tiny offline test model.
+"""MLLM policies.
 
 - ``OpenAIChatPolicy`` (``openai``): any OpenAI-compatible server;
 - ``VLLMPolicy`` (``vllm``): vLLM's offline engine, one generate call per batch;
-- ``TransformersPolicy`` (``transformers``): a local Hugging Face VLM;
-- ``tiny``: builds a tiny random-weight Qwen-VL for offline tests.
+- ``TransformersPolicy`` (``transformers``): a local Hugging Face VLM.
 
 All are ``TextPolicy``: they answer ``MedSeg-Text-v0``'s messages with the model's reply.
-Model libraries are imported only when a policy is built.
+Model libraries are imported only when a policy is built. The tiny offline test model lives in
+``medseg_agents.testing.tiny_qwen``, which the package does not import.
 """
 
 from .base import TextPolicy

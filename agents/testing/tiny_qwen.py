@@ -1,4 +1,4 @@
-"""A tiny, real Qwen-VL model built offline, for tests of the MLLM policies.
+"""A tiny, real Qwen-VL model built offline, for tests of the MLLM policies and trainers.
 
 ``build_tiny_qwen_vl(out_dir)`` writes a complete Hugging Face model folder, about 1 MB, that
 ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained`` load
@@ -19,7 +19,9 @@ The weights are random: the model answers with arbitrary tokens. It exists to ex
 whole real pipeline (chat template, image processing, generation, serving, the OpenAI client)
 in milliseconds, not to segment anything.
 
-``python -m medseg_agents.mllm.tiny OUT_DIR`` builds one and prints the folder and its size.
+``python -m medseg_agents.testing.tiny_qwen OUT_DIR`` builds one and prints the folder and its
+size. The package never imports this module: only the tests and the CPU learning demo
+(``medseg_agents.training.learn_text``) do.
 """
 
 from __future__ import annotations
@@ -508,7 +510,7 @@ def folder_size(path: str | Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medseg_agents.mllm.tiny",
+        prog="python -m medseg_agents.testing.tiny_qwen",
         description="Build the tiny random-weight Qwen-VL test model into a folder.",
     )
     parser.add_argument("out_dir", type=Path, help="folder to write the model to")

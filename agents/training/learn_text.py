@@ -2,7 +2,7 @@
 
 ``python -m medseg_agents.training.learn_text --out DIR`` runs, on the CPU:
 
-a. builds the tiny random Qwen3-VL (``medseg_agents.mllm.tiny``);
+a. builds the tiny random Qwen3-VL (``medseg_agents.testing.tiny_qwen``);
 b. takes expert turns on the training images of ``demo`` (``demo-heldout`` is never
    touched): with ``--sft-data DIR``, the trajectories of ``medseg-bench export-sft
    --protocol medsam_agent_rl`` (its split keeps images whole; the images it did not use are
@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from ..mllm.tiny import MAX_PIXELS, build_tiny_qwen_vl
+    from ..testing.tiny_qwen import MAX_PIXELS, build_tiny_qwen_vl
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -106,7 +106,7 @@ def test_trl_rows_load_with_datasets_and_trl_collator(exported: Path, tmp_path_f
     from trl.data_utils import prepare_multimodal_messages
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from medseg_agents.mllm.tiny import build_tiny_qwen_vl
+    from medseg_agents.testing.tiny_qwen import build_tiny_qwen_vl
 
     data = X.load_trl_dataset(exported)
     assert data.column_names == ["id", "messages", "images"] and len(data) == LIMIT

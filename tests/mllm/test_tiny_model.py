@@ -16,7 +16,7 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from medseg_agents.mllm.tiny import (  # noqa: E402
+from medseg_agents.testing.tiny_qwen import (  # noqa: E402
     MAX_PIXELS,
     QWEN2_5_VL_CHAT_TEMPLATE,
     QWEN3_VL_CHAT_TEMPLATE,
@@ -212,3 +212,48 @@ def test_qwen2_5_vl_family_builds_and_generates(tmp_path: Path) -> None:
 def test_unknown_family_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="family"):
         build_tiny_qwen_vl(tmp_path, family="llava")  # type: ignore[arg-type]
+
+
+def test_the_package_never_imports_the_tiny_model() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, medseg_agents, medseg_agents.mllm, medseg_agents.training; "
+        "print(sorted(m for m in sys.modules if m.startswith('medseg_agents.testing')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("content", ["I see it.", ""])
+def test_hermes_reply_text_is_what_the_chat_template_writes(
+    tiny_vlm_dir: Path, content: str
+) -> None:
+    """The Qwen3-VL template (byte-identical to the released one, above) renders an assistant
+    message with tool calls exactly as ``medseg_env.text.hermes`` rebuilds the reply."""
+    from transformers import AutoTokenizer
+
+    from medseg_env.text.hermes import render_call, reply_text
+
+    calls: list[dict[str, Any]] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "add_point",
+                "arguments": {"point_2d": [345, 167], "point_type": "positive"},
+            },
+        },
+        {"type": "function", "function": {"name": "stop_action", "arguments": "{}"}},
+        {"type": "function", "function": {"name": "add_bbox", "arguments": '{"bbox_2d": [1, 2'}},
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_vlm_dir)
+    messages = [
+        {"role": "user", "content": "segment it"},
+        {"role": "assistant", "content": content, "tool_calls": calls},
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    written = rendered.split("<|im_start|>assistant\n", 1)[1].split("<|im_end|>", 1)[0]
+    assert reply_text(content, calls) == written
+    first = calls[0]["function"]
+    assert render_call(first["name"], first["arguments"]) in written
