@@ -251,7 +251,7 @@ def play(
             still = []
             for (env, turns, record), ids in zip(active, replies, strict=True):
                 text = layout.decode(ids)
-                result = env._reply(text)
+                result = env.session.reply(text)
                 parsed = env.info["parsed"]
                 record["replies"].append({"text": text, "ok": parsed["call"] is not None})
                 if env.episode_over:
@@ -260,7 +260,8 @@ def play(
                     continue
                 layout.add_reply(turns, ids)
                 name = (parsed["call"] or {}).get("name", "tool")
-                layout.add_messages(turns, [{"role": "tool", "name": name, "content": result}])
+                tool = {"role": "tool", "name": name, "content": result.user_content}
+                layout.add_messages(turns, [tool])
                 still.append((env, turns, record))
             active = still
     model.train(was_training)

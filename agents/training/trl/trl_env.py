@@ -14,14 +14,14 @@ the training forward pass. ``get_reward()`` (no arguments) is one more reward fu
 appended after the ones passed as ``reward_funcs``.
 
 Here the three public methods are MedSAM-Agent's tools, ``add_bbox(bbox_2d)``,
-``add_point(point_2d, point_type)`` and ``stop_action()``, with its descriptions. Every call is
-rendered as the reply text Qwen's template writes for it (``<tool_call>\\n{"name": ...,
-"arguments": ...}\\n</tool_call>``) and sent to ``MedSegTextEnv.step``: one path, so the
-protocol's parser checks the arguments (a bad value, a missing or extra key, takes the env's
-invalid-action path, ``MedSegEnv.reject``), the protocol's rules decide what a malformed reply or
-the last turn does, and the env computes the reward (preset ``medsam_agent`` by default). The
-result is the next turn's user content of the text env (the new overlay and the protocol's
-later-turn text), or a short text once the episode is over.
+``add_point(point_2d, point_type)`` and ``stop_action()``, with its descriptions. Each is one
+``ToolSession.call`` (``medseg_env.text.tool_session``, the framework-neutral core this class
+adapts to TRL): the call is rendered as the reply text Qwen's template writes for it and sent
+to ``MedSegTextEnv.step``, so the protocol's parser checks the arguments (a bad value, a missing
+or extra key, takes the env's invalid-action path, ``MedSegEnv.reject``), the protocol's rules
+decide what a malformed reply or the last turn does, and the env computes the reward (preset
+``medsam_agent`` by default). The result is the next turn's user content of the text env (the
+new overlay and the protocol's later-turn text), or a short text once the episode is over.
 
 **Where TRL's loop differs from MedSAM-Agent's** (``RL-verl``: its agent loop and tools):
 
@@ -48,7 +48,8 @@ later-turn text), or a short text once the episode is over.
   first and ends the episode if any is ``stop_action``. TRL's parser types the arguments by the
   schema (``"7"`` becomes ``7``) before the protocol sees them.
 - A rollout that stops with the episode still open (TRL's token budget, a dropped tool
-  result) is closed with the env's stop action, without a format charge.
+  result) is closed with the env's stop action, without a format charge
+  (``MedSegTextEnv.close_episode``).
 
 ``medseg_agents.training.trl.trl_rollout`` runs MedSAM-Agent's exact loop through TRL's
 ``rollout_func``.
@@ -58,54 +59,34 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-import gymnasium as gym
-
-from medseg_env import actions as A
 from medseg_env.text import Protocol, get_protocol
+from medseg_env.text.hermes import render_call, reply_text
+from medseg_env.text.tool_session import (
+    EPISODE_OVER_TEXT,
+    Content,
+    ToolSession,
+    reset_arguments,
+)
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
 
 from ..envs import with_shared_segmenter
 
-EPISODE_OVER_TEXT = "The episode is over: no further action is taken."
-"""The tool result of a call made after the episode ended (TRL keeps the rollout going)."""
-
-Content = list[dict[str, Any]]
-
-
-def render_call(name: str, arguments: Mapping[str, Any]) -> str:
-    """The reply text of one tool call, as Qwen's chat template writes an assistant tool call.
-
-    Values that JSON cannot hold are written as their ``repr`` string (the protocol then
-    rejects them as not a number).
-    """
-    payload = json.dumps({"name": name, "arguments": dict(arguments)}, default=repr)
-    return "<tool_call>\n" + payload + "\n</tool_call>"
-
-
-def reply_text(message: Mapping[str, Any]) -> str:
-    """The text of an assistant message as TRL parsed it: its content, then its tool calls.
-
-    TRL keeps a reply it could parse as ``{"content": ..., "tool_calls": [...]}``; this writes
-    it back as Qwen's template does, so the protocol parses the same calls.
-    """
-    content = message.get("content") or ""
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
-    parts = [str(content)] if content else []
-    for call in message.get("tool_calls") or []:
-        function = call.get("function", call) if isinstance(call, Mapping) else {}
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                arguments = {"_raw": arguments}
-        parts.append(render_call(str(function.get("name", "")), arguments))
-    return "\n".join(parts)
+__all__ = [  # render_call and EPISODE_OVER_TEXT are re-exported for the adapter's users
+    "EPISODE_OVER_TEXT",
+    "MedSegToolEnv",
+    "dice_reward",
+    "episode_reward",
+    "format_reward",
+    "grpo_rows",
+    "render_call",
+    "reward_setup",
+    "tool_env_factory",
+    "tool_rounds",
+    "tool_system_prompt",
+]
 
 
 def _tool(method: Callable[..., Any]) -> Callable[..., Content]:
@@ -138,7 +119,8 @@ class MedSegToolEnv:
     Public attributes for logging (properties, so TRL does not list them as tools):
     ``episode_reward`` (the sum of the env's rewards), ``dice``, ``format_ok`` (no invalid
     turn, the ``medsam_agent`` preset's format term), ``num_replies``, ``num_malformed``,
-    ``episode_over``, ``info`` (the last step's), ``text_env``.
+    ``episode_over``, ``info`` (the last step's), ``text_env``, and ``session``, the
+    ``medseg_env.text.tool_session.ToolSession`` it adapts.
     """
 
     def __init__(
@@ -155,19 +137,8 @@ class MedSegToolEnv:
             raise TypeError("give either text_env or env options, not both")
         if text_env.images != "pil":
             raise ValueError("TRL needs PIL images: build the text env with images='pil'")
-        self._text = text_env
-        self._started = False
-        self._clear()
-
-    def _clear(self) -> None:
-        self._info: dict[str, Any] = {}
-        self._return = 0.0
-        self._over = False
+        self._session = ToolSession(text_env)
         self._finished = False
-        self._calls = 0
-        self._replies = 0
-        self._malformed = 0
-        self._invalid = 0
 
     # ------------------------------------------------------------------ TRL's contract
     def reset(self, **row: Any) -> Content:
@@ -178,15 +149,11 @@ class MedSegToolEnv:
         the plain image and the protocol's first-turn text, which TRL appends to the row's
         last message.
         """
-        options = {k: row[k] for k in ("sample_index", "sample_id") if row.get(k) is not None}
-        seed = row.get("seed")
-        messages, info = self._text.reset(
-            seed=None if seed is None else int(seed), options=options or None
-        )
-        self._clear()
-        self._started = True
-        self._info = info
-        return _copy_content(messages[-1]["content"])
+        self._session.reset(**reset_arguments(row))
+        self._finished = False
+        content = self._session.user_content()
+        assert content is not None  # a fresh episode always has a user turn
+        return content
 
     @_tool
     def add_bbox(self, bbox_2d: list[int]):
@@ -212,104 +179,78 @@ class MedSegToolEnv:
     def get_reward(self) -> float:
         """The episode's reward: the sum of the env's rewards (closing an open episode first)."""
         self._finish(None)
-        return float(self._return)
+        return self.episode_reward
 
     # ------------------------------------------------------------------ read-outs
     @property
     def text_env(self) -> MedSegTextEnv:
-        return self._text
+        return self._session.text_env
+
+    @property
+    def session(self) -> ToolSession:
+        return self._session
 
     @property
     def info(self) -> dict[str, Any]:
-        return self._info
+        return self._session.info
 
     @property
     def episode_over(self) -> bool:
-        return self._over
+        return self._session.over
 
     @property
     def episode_reward(self) -> float:
-        return float(self._return)
+        return float(self._session.episode_return)
 
     @property
     def dice(self) -> float:
-        return float(self._info.get("dice", 0.0))
+        return float(self._session.info.get("dice", 0.0))
 
     @property
     def format_ok(self) -> bool:
-        return self._invalid == 0
+        return self._session.format_ok
 
     @property
     def num_replies(self) -> int:
-        return self._replies
+        return self._session.num_replies
 
     @property
     def num_malformed(self) -> int:
-        return self._malformed
+        return self._session.num_malformed
 
     # ------------------------------------------------------------------ the one path
     def _call(self, name: str, arguments: Mapping[str, Any]) -> Content:
-        """A tool call: its reply text through the text env; the next turn's content."""
-        if not self._started:
-            raise RuntimeError("call reset() before a tool")
-        self._calls += 1
-        return self._reply(render_call(name, arguments))
+        """A tool call through the session; the next turn's content (or the end's text).
 
-    def _reply(self, text: str) -> Content:
-        """A raw reply through the text env; the next turn's content (or the end's text)."""
-        if self._over:
+        TRL shows the end as text only: after the last turn, and for calls made after it.
+        """
+        result = self._session.call(name, dict(arguments))
+        if result.user_content is None:
             return [{"type": "text", "text": EPISODE_OVER_TEXT}]
-        messages = self._step_reply(text)
-        if self._over:
-            return [{"type": "text", "text": EPISODE_OVER_TEXT}]
-        return _copy_content(messages[-1]["content"])
-
-    def _step_reply(self, text: str) -> list[dict[str, Any]]:
-        messages, reward, terminated, truncated, info = self._text.step(text)
-        self._record(float(reward), info)
-        self._replies += 1
-        if info["parsed"]["call"] is None:
-            self._malformed += 1
-        self._over = bool(terminated or truncated)
-        return messages
-
-    def _record(self, reward: float, info: dict[str, Any]) -> None:
-        self._return += reward
-        self._info = info
-        if info.get("invalid_action") is not None:
-            self._invalid += 1
+        return result.user_content
 
     def _finish(self, completion: Sequence[Mapping[str, Any]] | None) -> None:
         """End the episode once the rollout is over (idempotent; reward functions call it).
 
         A last reply that no tool ran (no call TRL could parse, or the tool-round limit) goes
         to the text env, so the protocol judges it. An episode still open after that (TRL's
-        token budget ran out, or it dropped a tool result after the env ran the call) ends
-        with the env's stop action.
+        token budget ran out, or it dropped a tool result after the env ran the call) is
+        closed (``ToolSession.close``: the env's stop action, no format charge).
         """
-        if not self._started or self._finished:
+        session = self._session
+        if not session.started or self._finished:
             return
         self._finished = True
-        if not self._over and completion:
+        if not session.over and completion:
             shown = sum(
                 1
                 for m in completion
                 if m.get("role") == "tool" and isinstance(m.get("content"), list)
             )
             last = completion[-1]
-            if last.get("role") == "assistant" and self._calls <= shown:
-                self._step_reply(reply_text(last))
-        if not self._over:
-            inner = cast(gym.Env[Any, A.Action], self._text.env)  # the env under the text env
-            _, reward, terminated, truncated, info = inner.step(A.stop())
-            self._record(float(reward), info)
-            self._over = bool(terminated or truncated)
-
-
-def _copy_content(content: Any) -> Content:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return [dict(part) for part in content]
+            if last.get("role") == "assistant" and session.num_calls <= shown:
+                session.reply(reply_text(last.get("content"), last.get("tool_calls")))
+        session.close()
 
 
 # ---------------------------------------------------------------------- reward functions

@@ -23,6 +23,10 @@ prompt + completion), as TRL does for tool images; the rest (advantages, splitti
 is TRL's. Since TRL computes the old and reference log-probs inside that method with the
 pixel-less inputs, the subclass refuses configurations that need them (``beta != 0``,
 vLLM, or generation not aligned with the optimizer steps) rather than train on wrong values.
+The method is private to TRL: the override was written against TRL ``TRL_WRITTEN_FOR``, and
+``check_trl_override`` (run when the trainer is built) refuses a TRL whose method takes other
+parameters, naming both versions; ``tests/training/test_trl_guard.py`` fails on any change of
+its full signature (``WRITTEN_SIGNATURE``).
 ``rollout_func`` also gets only the prompts, not the dataset rows: the subclass keeps the
 batch's rows so the rollout knows each row's sample and seed.
 
@@ -34,18 +38,62 @@ reward functions of ``rollout_reward_setup()`` as dataset-like columns.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import gymnasium as gym
 from trl import GRPOConfig, GRPOTrainer
 
-from medseg_env import actions as A
 from medseg_env.text import Protocol, get_protocol
+from medseg_env.text.tool_session import ToolSession, reset_arguments
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
 
 from ..envs import with_shared_segmenter
 from .tokens import ChatLayout, Turns
+
+TRL_WRITTEN_FOR = "1.16.0"
+"""The TRL release whose private ``GRPOTrainer._generate_and_score_completions`` is overridden."""
+
+WRITTEN_SIGNATURE = (
+    "(self, inputs: list[dict[str, torch.Tensor | typing.Any]]) -> "
+    "dict[str, torch.Tensor | typing.Any]"
+)
+"""That method's signature in TRL ``TRL_WRITTEN_FOR``, as ``str(inspect.signature(...))``."""
+
+_WRITTEN_PARAMETERS = [
+    ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+]
+
+
+def check_trl_override(base: type = GRPOTrainer) -> None:
+    """Refuse a TRL whose private method that the trainer overrides takes other parameters.
+
+    ``MedSAMAgentGRPOTrainer._generate_and_score_completions`` calls ``base``'s with the batch
+    and edits the dict it returns. Checked: the method exists and takes ``(self, inputs)``, as
+    in TRL ``TRL_WRITTEN_FOR`` (annotations may differ; the test compares those too).
+
+    Raises:
+        RuntimeError: naming the installed TRL version, the one the override was written
+            for, and the signature found.
+    """
+    import trl
+
+    method = getattr(base, "_generate_and_score_completions", None)
+    if method is None:
+        found = "no such method"
+    else:
+        parameters = inspect.signature(method).parameters.values()
+        if [(p.name, p.kind) for p in parameters] == _WRITTEN_PARAMETERS:
+            return
+        found = f"_generate_and_score_completions{inspect.signature(method)}"
+    raise RuntimeError(
+        f"MedSAMAgentGRPOTrainer overrides TRL's private {base.__name__}."
+        f"_generate_and_score_completions{WRITTEN_SIGNATURE} as TRL {TRL_WRITTEN_FOR} defines "
+        f"it, but the installed TRL {trl.__version__} has {found}. Install "
+        f"trl=={TRL_WRITTEN_FOR} (the `train` extra pins trl 1.16.*), or update "
+        "medseg_agents.training.trl.trl_rollout for this TRL."
+    )
 
 
 def _column(name: str) -> Callable[..., list[float]]:
@@ -110,6 +158,7 @@ class MedSAMAgentGRPOTrainer(GRPOTrainer):
         env_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        check_trl_override()
         for key in ("rollout_func", "tools", "environment_factory"):
             if kwargs.get(key):
                 raise TypeError(f"MedSAMAgentGRPOTrainer sets its own rollout; drop {key}=")
@@ -210,26 +259,17 @@ def play_episodes(
 ) -> dict[str, Any]:
     """One sampled episode per row, all in lockstep: ``rollout_func``'s output.
 
-    Each reply goes to the text env as it is; a new overlay comes back as the env's user
-    message. An episode that would outgrow ``max_completion_length`` ends with the env's stop.
+    Each reply goes to the text env as it is (``ToolSession.reply``); a new overlay comes back
+    as the env's user message. An episode that would outgrow ``max_completion_length`` is
+    closed (``ToolSession.close``: the env's stop, no format charge).
     """
     import torch
 
     turns: list[Turns] = []
-    returns = [0.0] * len(rows)
-    infos: list[dict[str, Any]] = [{} for _ in rows]
-    invalid = [0] * len(rows)
-    for env, row in zip(envs, rows, strict=False):
-        options = {k: row[k] for k in ("sample_index", "sample_id") if row.get(k) is not None}
-        seed = row.get("seed")
-        messages, _ = env.reset(seed=None if seed is None else int(seed), options=options or None)
-        turns.append(layout.prompt(messages))
+    sessions = [ToolSession(env) for env in envs[: len(rows)]]
+    for session, row in zip(sessions, rows, strict=True):
+        turns.append(layout.prompt(session.reset(**reset_arguments(row))))
     active = list(range(len(rows)))
-
-    def record(i: int, reward: float, info: dict[str, Any]) -> None:
-        returns[i] += reward
-        infos[i] = info
-        invalid[i] += int(info.get("invalid_action") is not None)
 
     was_training = model.training
     model.eval()
@@ -253,18 +293,14 @@ def play_episodes(
                 room = max_completion_length - len(turns[i].completion_ids)
                 ids = ids[: max(room, 0)]
                 layout.add_reply(turns[i], ids)
-                messages, reward, terminated, truncated, info = envs[i].step(layout.decode(ids))
-                record(i, float(reward), info)
-                if terminated or truncated:
+                if sessions[i].reply(layout.decode(ids)).over:
                     continue
-                suffix_messages = [messages[-1]]
+                suffix_messages = [sessions[i].messages[-1]]
                 if (
                     len(turns[i].completion_ids) + len(layout.suffix(suffix_messages)) + 8
                     > max_completion_length
                 ):
-                    inner = cast(gym.Env[Any, A.Action], envs[i].env)
-                    _, stop_reward, _, _, info = inner.step(A.stop())
-                    record(i, float(stop_reward), info)
+                    sessions[i].close()
                     continue
                 layout.add_messages(turns[i], suffix_messages)
                 still.append(i)
@@ -276,7 +312,7 @@ def play_episodes(
         "logprobs": None,
         "env_mask": [t.completion_mask for t in turns],
         "rollout_images": [list(t.images) for t in turns],
-        "episode_reward": returns,
-        "format_ok": [float(n == 0) for n in invalid],
-        "dice": [float(info.get("dice", 0.0)) for info in infos],
+        "episode_reward": [s.episode_return for s in sessions],
+        "format_ok": [float(s.format_ok) for s in sessions],
+        "dice": [float(s.info.get("dice", 0.0)) for s in sessions],
     }

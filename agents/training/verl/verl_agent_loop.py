@@ -159,7 +159,7 @@ class MedSegAgentLoop(ToolAgentLoop):
                     budget,
                 )
             output = await super().run(sampling_params, **kwargs)
-            session.finish()  # an episode the loop left open (response budget) ends here
+            session.close()  # an episode the loop left open (response budget) ends here
             output.reward_score = float(session.reward)
             output.extra_fields["reward_extra_info"] = session.summary()
             return output
@@ -239,15 +239,16 @@ class MedSegAgentLoop(ToolAgentLoop):
             _, reward, metrics = await tool.execute(self.instance_id, arguments, reply=reply)
             agent_data.tool_rewards.append(reward)
         else:
-            metrics = step_metrics(session.step(reply))
+            metrics = step_metrics(session.reply(reply))
         self.turns.append(metrics)
 
     async def _handle_processing_tools_state(self, agent_data: AgentData) -> AgentState:
         """The env's next turn (overlay + later-turn text) as a USER message."""
         assert self.session is not None
-        message = self.session.next_user_message()
-        if message is None:
+        content = self.session.user_content()
+        if content is None:
             return AgentState.TERMINATED
+        message: dict[str, Any] = {"role": "user", "content": content}
         images: list[Any] = []
         if self.processor is not None:
             processed = await self.process_multi_modal_info([message])

@@ -7,16 +7,18 @@ parameters, **kwargs) -> (ToolResponse, step reward, metrics)`` for each call, `
 and ``release``. The ``create_kwargs`` come from the dataset row's
 ``extra_info.tools_kwargs[tool name]`` (``medseg_agents.training.verl.verl_data`` writes them).
 
-Here one episode of ``MedSeg-Text-v0`` (a ``MedSegSession``) backs a trajectory, shared by the
-three tools: it lives in a process-wide table keyed by the instance id, so the three tool
-objects see the same env. ``create`` registers the episode from its ``create_kwargs``
+Here one episode of ``MedSeg-Text-v0`` (a ``MedSegSession``, the framework-neutral
+``medseg_env.text.tool_session.ToolSession`` over the episode's text env) backs a trajectory,
+shared by the three tools: it lives in a process-wide table keyed by the instance id, so the
+three tool objects see the same env. ``create`` registers the episode from its ``create_kwargs``
 (``EpisodeSpec``: dataset, sample index or id, seed, protocol, segmenter, reward, env options);
 the env is built and reset on first use (the segmenter and dataset are loaded once per process
 and shared). ``release`` frees it.
 
 **One path.** ``execute`` renders the call as the reply text Qwen's template writes
-(``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>``), or takes the model's whole
-reply when the agent loop passes it (``reply=``), and sends it to ``MedSegTextEnv.step``: the
+(``ToolSession.call``, ``medseg_env.text.hermes``), or takes the model's whole reply when the
+agent loop passes it (``reply=``, ``ToolSession.reply``), and sends it to
+``MedSegTextEnv.step``: the
 protocol's parser checks the arguments (a malformed call takes the env's invalid-action path,
 ``MedSegEnv.reject``), the protocol's rules decide what a malformed reply or the last turn does,
 and the env computes the reward (``medsam_agent`` preset by default). Nothing here re-implements
@@ -43,19 +45,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 from uuid import uuid4
 
-import gymnasium as gym
-from PIL import Image
-
-from medseg_env import actions as A
 from medseg_env.data import Dataset
-from medseg_env.env import MedSegEnv, unletterbox_mask
+from medseg_env.env import MedSegEnv
 from medseg_env.text import TOOL_NAMES
+from medseg_env.text.hermes import render_call as render_call  # re-exported for callers
 from medseg_env.text.medsam_agent import TOOLS
-from medseg_env.text.messages import model_image
+from medseg_env.text.tool_session import EPISODE_OVER_TEXT, ToolResult, ToolSession
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
 
 from ..envs import with_shared_segmenter
@@ -76,8 +75,6 @@ logger = logging.getLogger(__name__)
 
 SESSION_ATTR = "medseg_session"
 """The ``AgentData`` attribute that holds a trajectory's session under verl's ``tool_agent``."""
-
-EPISODE_OVER_TEXT = "The episode is over: no further action is taken."
 
 SPEC_KEYS = (
     "dataset",
@@ -164,105 +161,25 @@ def base_env(env: MedSegTextEnv) -> MedSegEnv:
     return cast(MedSegEnv, env.unwrapped)
 
 
-@dataclass
-class StepOutcome:
-    """One turn of a session: the env's step, as ``MedSegTextEnv.step`` returned it."""
+class MedSegSession(ToolSession):
+    """One ``MedSeg-Text-v0`` episode of one trajectory: a ``ToolSession`` over ``spec``'s env.
 
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]
-    messages: list[dict[str, Any]]
-
-    @property
-    def over(self) -> bool:
-        return self.terminated or self.truncated
-
-
-@dataclass
-class MedSegSession:
-    """One ``MedSeg-Text-v0`` episode of one trajectory: the env, its reset and its returns.
-
-    ``step(reply)`` is the only way a turn is taken. ``reward`` is the sum of the env's rewards;
-    ``finish()`` closes an episode the agent loop left open (the env's stop action, no format
-    charge).
+    The env is built (sharing the process's dataset and segmenter) and reset to the spec's
+    episode when the session is made. ``reward`` is ``episode_return``; ``env`` the text env.
     """
 
-    spec: EpisodeSpec
-    env: MedSegTextEnv = field(init=False)
-    messages: list[dict[str, Any]] = field(init=False)
-    info: dict[str, Any] = field(init=False)
-    reward: float = 0.0
-    over: bool = False
-    invalid_turns: int = 0
-    replies: list[str] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
+    def __init__(self, spec: EpisodeSpec) -> None:
+        super().__init__(open_text_env(spec))
+        self.spec = spec
+        self.reset(seed=spec.seed, options=spec.reset_options())
 
-    def __post_init__(self) -> None:
-        self.env = open_text_env(self.spec)
-        self.messages, self.info = self.env.reset(
-            seed=self.spec.seed, options=self.spec.reset_options()
-        )
+    @property
+    def env(self) -> MedSegTextEnv:
+        return self.text_env
 
-    def step(self, reply: str) -> StepOutcome:
-        """The model's reply (or a rendered call) through ``MedSegTextEnv.step``."""
-        if self.over:
-            raise RuntimeError("the episode is over")
-        messages, reward, terminated, truncated, info = self.env.step(reply)
-        self._record(float(reward), info)
-        self.replies.append(reply)
-        self.messages = messages
-        self.over = bool(terminated or truncated)
-        return StepOutcome(float(reward), bool(terminated), bool(truncated), info, messages)
-
-    def finish(self) -> float:
-        """End an episode still open with the env's stop action; the reward it added."""
-        if self.over:
-            return 0.0
-        inner = cast(gym.Env[Any, A.Action], self.env.env)  # the wrapped env takes actions
-        _, reward, terminated, truncated, info = inner.step(A.stop())
-        self._record(float(reward), info)
-        self.over = bool(terminated or truncated)
-        return float(reward)
-
-    def _record(self, reward: float, info: dict[str, Any]) -> None:
-        self.reward += reward
-        self.rewards.append(reward)
-        self.info = info
-        if info.get("invalid_action") is not None:
-            self.invalid_turns += 1
-
-    # ------------------------------------------------------------------ read-outs
-    def next_user_message(self) -> dict[str, Any] | None:
-        """The user turn the model answers next (image + text), or None once the episode is over."""
-        if self.over or not self.messages or self.messages[-1]["role"] != "user":
-            return None
-        message = self.messages[-1]
-        return {**message, "content": [dict(p) for p in message["content"]]}
-
-    def overlay(self) -> Image.Image:
-        """The current mask tinted on the protocol's view (the plain view before any mask)."""
-        nxt = self.next_user_message()
-        if nxt is not None:
-            return next(p["image"] for p in nxt["content"] if p["type"] == "image")
-        base = base_env(self.env)
-        sample = base.sample
-        mask = unletterbox_mask(base.current_mask, sample.mask.shape)
-        p, rule = self.env.protocol, self.env.image_rule
-        return model_image(sample.image, mask, rule, p.overlay_color, p.overlay_alpha)
-
-    def summary(self) -> dict[str, float]:
-        """Scalars for logging: ``reward``, ``dice``, ``iou``, ``format_ok``, turns, replies."""
-        info = self.info
-        return {
-            "reward": float(self.reward),
-            "dice": float(info.get("dice", 0.0)),
-            "iou": float(info.get("iou", 0.0)),
-            "format_ok": float(self.invalid_turns == 0),
-            "num_prompts": float(info.get("num_prompts", 0)),
-            "num_replies": float(len(self.replies)),
-            "episode_over": float(self.over),
-        }
+    @property
+    def reward(self) -> float:
+        return float(self.episode_return)
 
 
 # ---------------------------------------------------------------------- the instance table
@@ -321,16 +238,6 @@ def live_instances() -> list[str]:
     return list(_INSTANCES)
 
 
-def render_call(name: str, arguments: Any) -> str:
-    """The reply text of one call, as Qwen's chat template writes an assistant tool call.
-
-    Arguments are written as given (a non-object stays one, so the protocol rejects it);
-    values JSON cannot hold are written as their ``repr`` string.
-    """
-    payload = json.dumps({"name": name, "arguments": arguments}, default=repr)
-    return "<tool_call>\n" + payload + "\n</tool_call>"
-
-
 def tool_schema(name: str) -> dict[str, Any]:
     """The released ``tools_json_v2`` schema of ``name`` (what the system prompt lists)."""
     for tool in TOOLS:
@@ -339,20 +246,14 @@ def tool_schema(name: str) -> dict[str, Any]:
     raise KeyError(f"unknown tool {name!r}; known: {list(TOOL_NAMES)}")
 
 
-def step_response(session: MedSegSession, outcome: StepOutcome) -> ToolResponse:
+def step_response(result: ToolResult) -> ToolResponse:
     """What a turn shows: the next overlay + the protocol's later-turn text, or the end."""
-    nxt = session.next_user_message()
-    if nxt is not None:
-        image = next(p["image"] for p in nxt["content"] if p["type"] == "image")
-        text = "".join(p.get("text", "") for p in nxt["content"] if p["type"] == "text")
-        return ToolResponse(image=[image], text=text)
-    problem = outcome.info.get("format_error")
-    if problem:
-        return ToolResponse(text=f"Error: {problem}. {EPISODE_OVER_TEXT}")
-    return ToolResponse(image=[session.overlay()], text=EPISODE_OVER_TEXT)
+    if result.image is None:  # verl's schema refuses image=None
+        return ToolResponse(text=result.text)
+    return ToolResponse(image=[result.image], text=result.text)
 
 
-def step_metrics(outcome: StepOutcome) -> dict[str, Any]:
+def step_metrics(outcome: ToolResult) -> dict[str, Any]:
     info = outcome.info
     parsed = info.get("parsed") or {}
     return {
@@ -408,10 +309,11 @@ class MedSegTool(BaseTool):
         if session.over:
             return ToolResponse(text=EPISODE_OVER_TEXT), 0.0, {"episode_over": True}
         reply = kwargs.get("reply")
-        if not isinstance(reply, str):
-            reply = render_call(self.name, parameters)
-        outcome = session.step(reply)
-        return step_response(session, outcome), outcome.reward, step_metrics(outcome)
+        if isinstance(reply, str):
+            outcome = session.reply(reply)
+        else:
+            outcome = session.call(self.name, parameters)
+        return step_response(outcome), outcome.reward, step_metrics(outcome)
 
     async def calc_reward(self, instance_id: str, **kwargs: Any) -> float:
         """The sum of the env's rewards so far (the episode reward once it is over)."""
