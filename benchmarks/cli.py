@@ -8,16 +8,17 @@ Usage::
                      [--obs-size PX] [--nsd-tolerance MM] [--out DIR] [--examples N]
                      [--no-plots] [--no-progress]
     medseg-bench compare DIR_A DIR_B   # Markdown table of two result folders
-    medseg-bench export-sft [...]      # expert trajectories -> SFT chat datasets (export_sft)
+    medseg-bench export-sft [...]      # deprecated: runs `medseg-train export-sft [...]`
     medseg-bench list                  # known policies, datasets and segmenters
 
 Exit status: 0 done, 2 bad input (nothing written), 130 interrupted (re-run to resume);
-``export-sft``: 1 when its replay check fails.
+``export-sft``: the status of ``medseg-train export-sft`` (1 when its replay check fails).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -132,10 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("dir_a")
     compare.add_argument("dir_b")
     sub.add_parser("list", help="list known policies, datasets and segmenters")
-    from .export_sft import add_parser as add_export_sft
-
-    add_export_sft(sub)
+    sub.add_parser(
+        "export-sft",
+        help="deprecated, removed in the next release: use `medseg-train export-sft`",
+        add_help=False,  # every argument, --help included, goes to medseg-train export-sft
+    )
     return parser
+
+
+def _export_sft(args: Sequence[str]) -> int:
+    """``medseg-bench export-sft``, kept for one release: ``medseg-train export-sft`` with the
+    same arguments, in a subprocess, since the benchmark never imports the training package
+    (``medseg_agents.training``); its exit status."""
+    print(
+        "medseg-bench: 'medseg-bench export-sft' is deprecated and will be removed in the next "
+        "release; use 'medseg-train export-sft' (the same options). Running it now.",
+        file=sys.stderr,
+        flush=True,
+    )
+    command = [sys.executable, "-m", "medseg_agents.training", "export-sft", *args]
+    return subprocess.run(command, check=False).returncode
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
@@ -198,6 +215,8 @@ def _list() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["export-sft"]:
+        return _export_sft(args_list[1:])
     # Plain `medseg-bench` (or options only) means `run`.
     if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "run")
@@ -210,10 +229,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "list":
             return _list()
-        if args.command == "export-sft":
-            from .export_sft import run_cli
-
-            return run_cli(args)
         return _run(args)
     except BenchError as err:
         print(f"medseg-bench: error: {err}", file=sys.stderr)

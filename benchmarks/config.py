@@ -28,6 +28,7 @@ from typing import Any
 from medseg_env import registry
 from medseg_env.env import default_config
 from medseg_env.metrics import NSD_TOLERANCE_MM
+from medseg_env.seeding import stable_int
 from medseg_env.segmenters import SEGMENTERS
 
 _ENV_DEFAULTS = default_config()
@@ -183,16 +184,6 @@ def check_segmenter_spec(spec: str) -> str:
     if name not in SEGMENTERS:
         raise BenchError(f"unknown segmenter {name!r}; known: {SEGMENTERS.names()}")
     return name
-
-
-def stable_int(*parts: Any) -> int:
-    """A 63-bit integer from the SHA-256 of ``parts`` (JSON): the same in every process.
-
-    Python's ``hash()`` of a string is salted per process, so it cannot seed anything that
-    must be reproducible.
-    """
-    digest = hashlib.sha256(json.dumps(list(parts), separators=(",", ":")).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def episode_seed(seed: int, policy: str, dataset: str, segmenter: str, sample_id: str) -> int:

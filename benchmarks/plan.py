@@ -5,7 +5,6 @@ Nothing here writes anything, so bad input is refused before an output folder is
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -13,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from medseg_agents import POLICIES, Policy, default_policies, make_policy
-from medseg_env.data import Dataset, load_dataset
+from medseg_env.data import Dataset, data_fingerprint, load_dataset
+from medseg_env.seeding import stable_int
 
 from .config import (
     BenchConfig,
@@ -21,7 +21,6 @@ from .config import (
     check_segmenter_spec,
     episode_seed,
     parse_policy_spec,
-    stable_int,
 )
 from .records import EpisodeKey
 
@@ -171,20 +170,3 @@ def build_policy(label: str, source: PolicySource | None = None) -> Policy:
         return make_policy(name, **kwargs)
     except (TypeError, ValueError) as err:
         raise BenchError(f"policy spec {label!r}: {err}") from err
-
-
-def data_fingerprint(dataset: Dataset, indices: Iterable[int]) -> dict[str, Any]:
-    """Name, sizes and a SHA-256 of the selected samples' ids, pixels, masks and spacing."""
-    digest = hashlib.sha256()
-    indices = list(indices)
-    for i in indices:
-        s = dataset[i]
-        digest.update(f"{s.sample_id}|{s.modality}|{s.target}|{s.spacing}|".encode())
-        digest.update(np.ascontiguousarray(s.image).tobytes())
-        digest.update(np.packbits(s.mask).tobytes())
-    return {
-        "name": dataset.name,
-        "samples": len(dataset),
-        "selected": len(indices),
-        "sha256": digest.hexdigest(),
-    }

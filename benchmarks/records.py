@@ -1,8 +1,9 @@
-"""Episode records, the append-only journal that makes runs resumable, and atomic writes.
+"""Episode records and the append-only journal that makes runs resumable.
 
 The journal ``episodes.jsonl`` holds one JSON object per finished episode, appended, flushed
 and fsynced as soon as the episode ends: an interrupted run loses at most the episode in
-progress. A torn last line (the process died mid-write) is dropped on the next load.
+progress. It is ``medseg_env.journal.JsonlJournal``, whose repair rules the SFT export's journal
+shares: a torn last line (the process died mid-write) is dropped on the next load.
 
 Every record is validated as it is read (:meth:`EpisodeRecord.from_json`): field types, metric
 ranges, turn numbering and the turn budget. A bad line is dropped with a warning that names the
@@ -16,14 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from medseg_env.actions import ActionKind
 from medseg_env.files import atomic_write
+from medseg_env.journal import JsonlJournal
+
+__all__ = ["NO_ACTION", "EpisodeKey", "EpisodeRecord", "Journal", "Step", "atomic_write"]
 
 EpisodeKey = tuple[str, str, str, str]
 """``(policy, dataset, segmenter, sample_id)``: identifies an episode within a config."""
@@ -274,104 +275,13 @@ def _check_timing(timing: Any, turns: int) -> None:
             )
 
 
-class Journal:
-    """The append-only ``episodes.jsonl`` of one output folder."""
+class Journal(JsonlJournal[EpisodeRecord]):
+    """The append-only ``episodes.jsonl`` of one output folder: ``medseg_env.journal``'s
+    journal (its repair rules) of :class:`EpisodeRecord` s, each validated as it is read."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    @property
-    def rejected_path(self) -> Path:
-        """Where a repairing load moves the lines it drops (``episodes.rejected.jsonl``)."""
-        return self.path.with_name(f"{self.path.stem}.rejected{self.path.suffix}")
-
-    def load(
-        self,
-        repair: bool = False,
-        check: Callable[[EpisodeRecord], str | None] | None = None,
-    ) -> list[EpisodeRecord]:
-        """The valid records written so far, in file order.
-
-        Args:
-            repair: fix the file for the appends to come: cut a torn last line, add a missing
-                final newline, and move dropped lines to :attr:`rejected_path` (appended as
-                they were; the journal is then rewritten atomically without them).
-            check: more rules for the caller (e.g. "an episode of this run's plan"): returns
-                the reason to drop a record, or None to keep it.
-
-        An unreadable *last* line without its newline is a write cut short by a crash: it is
-        dropped silently. Any other bad line (not JSON, a record that fails validation or
-        ``check``) is dropped with a ``UserWarning`` naming the file, the line and the reason;
-        the caller runs its episode again.
-        """
-        if not self.path.is_file():
-            return []
-        raw = self.path.read_bytes()
-        lines = raw.split(b"\n")  # the last element is b"" when the file ends with a newline
-        records: list[EpisodeRecord] = []
-        kept: list[bytes] = []  # the lines worth keeping, each with its newline
-        dropped: list[bytes] = []
-        torn = False
-        reason: str | None
-        for i, line in enumerate(lines):
-            terminated = i < len(lines) - 1
-            if not line.strip():
-                if terminated:
-                    kept.append(line + b"\n")
-                continue
-            try:
-                data = json.loads(line)
-            except (ValueError, RecursionError) as err:  # incl. JSONDecodeError, bad UTF-8
-                if not terminated:
-                    torn = True  # the crash cut the last write short: not worth a warning
-                    continue
-                reason = f"not valid JSON ({err})"
-            else:
-                try:
-                    record = EpisodeRecord.from_json(data)
-                    reason = check(record) if check is not None else None
-                except ValueError as err:
-                    reason = str(err)
-            if reason is not None:
-                warnings.warn(
-                    f"{self.path}:{i + 1}: dropping line {i + 1} ({reason}); "
-                    "its episode will be run again",
-                    stacklevel=2,
-                )
-                dropped.append(line + b"\n")
-                continue
-            records.append(record)
-            kept.append(line + b"\n")
-        if repair:
-            self._repair(raw, kept, dropped, torn)
-        return records
-
-    def _repair(self, raw: bytes, kept: list[bytes], dropped: list[bytes], torn: bool) -> None:
-        if dropped:
-            # First a copy of what is dropped (fsynced), then the journal without it: a crash in
-            # between leaves both copies, never neither.
-            with open(self.rejected_path, "ab") as fh:
-                fh.writelines(dropped)
-                _sync(fh)
-            atomic_write(self.path, b"".join(kept))
-        elif torn:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(sum(map(len, kept)))
-                _sync(fh)
-        elif raw and not raw.endswith(b"\n"):
-            # A complete last object whose newline never made it to disk.
-            with open(self.path, "ab") as fh:
-                fh.write(b"\n")
-                _sync(fh)
+        super().__init__(path, EpisodeRecord.from_json, redo="its episode will be run again")
 
     def append(self, record: EpisodeRecord) -> None:
         """Append one record and force it to disk before returning."""
-        line = json.dumps(record.to_json(), sort_keys=True, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            _sync(fh)
-
-
-def _sync(fh: Any) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
+        self.append_json(record.to_json())

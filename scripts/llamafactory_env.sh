@@ -15,12 +15,12 @@
 #     main venv's torch 2.14; only the audio path would call it).
 # torch, transformers, datasets, accelerate, tokenizers, PIL, numpy, pandas, ... come from the
 # main venv. LLaMA-Factory's version check (run at `import llamafactory.hparams`) refuses these
-# versions: set DISABLE_VERSION_CHECK=1 (tests/mllm/test_llamafactory_loader.py does).
+# versions: set DISABLE_VERSION_CHECK=1 (tests/training/test_llamafactory_loader.py does).
 #
 # Use it by putting it first on the path of the main venv's python:
 #   bash scripts/llamafactory_env.sh        # a few seconds, about 25 MB
 #   . .venv/bin/activate
-#   PYTHONPATH=$PWD/.lf-env python -m pytest tests/mllm/test_llamafactory_loader.py -q
+#   PYTHONPATH=$PWD/.lf-env python -m pytest tests/training/test_llamafactory_loader.py -q
 #
 # Env: PYTHON (default .venv/bin/python), LF_ENV (default .lf-env next to this folder).
 set -euo pipefail

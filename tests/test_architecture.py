@@ -2,6 +2,11 @@
 
 Every import counts, including those inside functions and under ``TYPE_CHECKING``: an import
 hidden in a function to dodge a loop is still a loop in the design.
+
+The training room ``medseg_agents.training`` sits above everything it trains: it may import
+the rest of ``medseg_agents`` and ``medseg_env``, and nothing outside it imports it (neither
+the policies nor ``medseg_bench``; ``medseg-bench export-sft`` runs ``medseg-train`` in a
+subprocess).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"medseg_env": "medseg_env", "medseg_agents": "agents", "medseg_bench": "benchmarks"}
 LAYERS = ["medseg_env", "medseg_agents", "medseg_bench"]  # lower first
+TRAINING = "medseg_agents.training"  # imports the rest; imported by nothing outside itself
 
 
 def project_modules() -> dict[str, Path]:
@@ -105,6 +111,9 @@ def test_the_graph_sees_the_project():
     # a relative import inside a function is found (the kind of import that hid a cycle)
     assert "medseg_env.segmenters.types" in graph["medseg_env.segmenters.cache"]
     assert "medseg_agents.simulation" in graph["medseg_agents.clickers"]
+    # the training room is part of the graph, and imports below itself
+    assert "medseg_env.journal" in graph["medseg_agents.training.sft.journal"]
+    assert "medseg_agents.ppo" in graph["medseg_agents.training.ppo"]
 
 
 def test_no_import_cycles():
@@ -127,3 +136,33 @@ def test_lower_layers_never_import_higher(lower):
         if target.split(".")[0] in higher
     )
     assert bad == []
+
+
+def _inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def imports_of_training(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``module -> target`` edge into ``medseg_agents.training`` from outside it."""
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if not _inside(module, TRAINING)
+        for target in targets
+        if _inside(target, TRAINING)
+    )
+
+
+def test_nothing_outside_the_training_room_imports_it():
+    assert imports_of_training(import_graph()) == []
+
+
+def test_the_training_rule_finds_a_planted_import():
+    graph = {name: set(targets) for name, targets in import_graph().items()}
+    graph["medseg_bench.cli"].add("medseg_agents.training.sft.cli")
+    graph["medseg_agents.oracle"].add(TRAINING)
+    graph["medseg_agents.training.ppo"].add("medseg_agents.training.sft")  # inside: allowed
+    assert imports_of_training(graph) == [
+        "medseg_agents.oracle -> medseg_agents.training",
+        "medseg_bench.cli -> medseg_agents.training.sft.cli",
+    ]

@@ -1,10 +1,10 @@
 """Teach the tiny offline Qwen3-VL to act in ``MedSeg-Text-v0``: SFT on expert turns, then GRPO.
 
-``python -m medseg_agents.training.learn_text --out DIR`` runs, on the CPU:
+``medseg-train learn-text --out DIR`` runs, on the CPU:
 
 a. builds the tiny random Qwen3-VL (``medseg_agents.testing.tiny_qwen``);
 b. takes expert turns on the training images of ``demo`` (``demo-heldout`` is never
-   touched): with ``--sft-data DIR``, the trajectories of ``medseg-bench export-sft
+   touched): with ``--sft-data DIR``, the trajectories of ``medseg-train export-sft
    --protocol medsam_agent_rl`` (its split keeps images whole; the images it did not use are
    held out here), converted to the adapter's layout; else ``HybridExpert`` plays them here
    through ``MedSegToolEnv`` on a seeded split by image. Either way the replies are the
@@ -43,6 +43,7 @@ from medseg_env.env import MedSegEnv
 from medseg_env.text import get_protocol
 
 from ..oracle import HybridExpert
+from .sft.format import TRL_FILE, read_entries, read_export_doc, read_rows
 from .trl.tokens import ChatLayout, Turns
 from .trl.trl_env import (
     EPISODE_OVER_TEXT,
@@ -141,7 +142,7 @@ def expert_episode(
 
 
 def load_export(folder: Path, protocol: str, max_pixels: int) -> tuple[list[Episode], set[str]]:
-    """Expert episodes of a ``medseg-bench export-sft`` folder in the adapter's layout, and the
+    """Expert episodes of a ``medseg-train export-sft`` folder in the adapter's layout, and the
     names of the images the export used (its side of the split, kept whole by image).
 
     The export's rows are MedSAM-Agent conversations (each overlay a user message); here each
@@ -150,20 +151,15 @@ def load_export(folder: Path, protocol: str, max_pixels: int) -> tuple[list[Epis
     ``expert_episode``. The export must be of ``demo``'s ``train`` (or ``val``) side, under
     ``protocol``.
     """
-    doc = json.loads((folder / "export.json").read_text())
-    config = doc["config"]
+    config = read_export_doc(folder)["config"]
     if config["protocol"] != get_protocol(protocol).name:
         raise ValueError(f"{folder}: exported under {config['protocol']!r}, not {protocol!r}")
     if config["dataset"] != "demo" or config["split"] == "all":
         raise ValueError(f"{folder}: need one side of a split of 'demo', got {config}")
-    journal = [json.loads(line) for line in (folder / "trajectories.jsonl").open() if line.strip()]
-    entries = {e["id"]: e for e in journal}
+    entries = read_entries(folder)
     parse = get_protocol(protocol).parse
     episodes = []
-    for line in (folder / "trl.jsonl").open():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_rows(folder / TRL_FILE):
         entry = entries[row["id"]]
         pictures = iter(row["images"])
         messages = []
@@ -201,7 +197,7 @@ def load_export(folder: Path, protocol: str, max_pixels: int) -> tuple[list[Epis
                 float("nan"),
             )
         )
-    return episodes, {image_name(e["sample_id"]) for e in journal}
+    return episodes, {image_name(e["sample_id"]) for e in entries.values()}
 
 
 def first_messages(system: str, first: Content) -> list[dict[str, Any]]:
@@ -447,10 +443,8 @@ def plot(
 
 
 # ---------------------------------------------------------------------- main
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m medseg_agents.training.learn_text", description=__doc__.split("\n")[0]
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``medseg-train learn-text``."""
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--protocol", default="medsam_agent_rl")
@@ -459,7 +453,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sft-data",
         type=Path,
         default=None,
-        help="a `medseg-bench export-sft` folder of demo's train side under --protocol "
+        help="a `medseg-train export-sft` folder of demo's train side under --protocol "
         "(its images are the training part; the others are held out); default: play "
         "HybridExpert here on a seeded split by image",
     )
@@ -487,11 +481,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="torch threads (1; on a busy shared CPU, 2 threads made a step 45x slower)",
     )
     p.add_argument("--cache-dir", default=None, help="on-disk embedding cache (MEDSEG_CACHE_DIR)")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="medseg-train learn-text", description=__doc__)
+    add_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``medseg-train learn-text`` (see the module docstring)."""
     if args.cache_dir:
         os.environ["MEDSEG_CACHE_DIR"] = str(args.cache_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

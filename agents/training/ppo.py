@@ -29,7 +29,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from medseg_env.data import Dataset, load_dataset
+from medseg_env.data import Dataset, load_dataset, refuse_heldout
 from medseg_env.data.split import group_split
 from medseg_env.rewards import PRESETS
 
@@ -229,11 +229,10 @@ def random_baseline(env: gym.Env, n: int, seed: int) -> float:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train, writing ``curve.csv``, ``curve.png``, the best policy and ``summary.json``."""
     torch.set_num_threads(config.threads)
+    dataset = load_dataset(config.dataset)
+    refuse_heldout(dataset, "medseg-train ppo --dataset")  # before anything is written
     folder = Path(config.out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(config.dataset)
-    if dataset.name == "demo-heldout":
-        raise ValueError("demo-heldout is held out for the final evaluation; train on demo")
     rng = np.random.default_rng(config.split_seed)
     train_idx, val_idx = group_split(dataset, config.val_fraction, rng)
     train_set, val_set = subset(dataset, train_idx, "train"), subset(dataset, val_idx, "val")
@@ -281,9 +280,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``medseg-train ppo``."""
     d, s = TrainConfig(out=""), AgentSpec()
-    p = argparse.ArgumentParser(prog="medseg-train ppo", description=__doc__)
     p.add_argument("--out", required=True, help="folder for the curve, the policy, the summary")
     p.add_argument("--dataset", default=d.dataset, help=f"training data (default {d.dataset})")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
@@ -311,7 +310,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=int, default=s.grid)
     p.add_argument("--horizon", type=int, default=s.horizon, help="turns per episode")
     p.add_argument("--obs-size", type=int, default=s.obs_size)
-    a = p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="medseg-train ppo", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """Train with the options of ``medseg-train ppo`` and print the summary."""
     spec = AgentSpec(
         size=a.size, grid=a.grid, horizon=a.horizon, obs_size=a.obs_size, segmenter=a.segmenter
     )
@@ -337,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     summary = train(config)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "spec")}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ Every loader returns a :class:`Dataset` of 2D samples, one per (image or slice, 
 the image windowed / normalised to ``(H, W, 3) uint8`` RGB and a ``bool`` mask.
 """
 
-from medseg_env.data.dataset import Dataset
+from medseg_env.data.dataset import Dataset, data_fingerprint, refuse_heldout
 from medseg_env.data.folder import load_folder
 from medseg_env.data.intensity import (
     WINDOW_PRESETS,
@@ -39,6 +39,7 @@ __all__ = [
     "Sample",
     "apply_window",
     "available_datasets",
+    "data_fingerprint",
     "demo_dataset",
     "demo_heldout_dataset",
     "detect_layout",
@@ -52,6 +53,7 @@ __all__ = [
     "load_nnunet",
     "load_npz",
     "normalize_percentile",
+    "refuse_heldout",
     "register_dataset",
     "to_rgb_uint8",
 ]

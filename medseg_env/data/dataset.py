@@ -6,9 +6,10 @@ unique, so ``sample_id`` can key results, caches and train / test splits.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -21,14 +22,22 @@ class Dataset(Sequence[Sample]):
     Args:
         samples: the samples, in the order episodes will see them.
         name: shown in messages and reports (a file name, ``"demo"``, ...).
+        heldout: the data is reserved for the final evaluation (``demo-heldout``, or a
+            manifest with ``"heldout": true``): every trainer and exporter refuses it
+            (:func:`refuse_heldout`). Slices, filters and concatenations keep the flag.
 
     Raises:
         ValueError: no samples (the message names the dataset), a duplicated ``sample_id``, or
             an element that is not a :class:`Sample`.
     """
 
-    def __init__(self, samples: Iterable[Sample], name: str) -> None:
+    def __init__(self, samples: Iterable[Sample], name: str, *, heldout: bool = False) -> None:
         self._name = str(name)
+        if not isinstance(heldout, bool):
+            raise ValueError(
+                f"dataset {self._name!r}: heldout must be True or False; got {heldout!r}"
+            )
+        self._heldout = heldout
         self._samples: tuple[Sample, ...] = tuple(samples)
         if not self._samples:
             raise ValueError(f"dataset {self._name!r} has no samples")
@@ -46,6 +55,11 @@ class Dataset(Sequence[Sample]):
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def heldout(self) -> bool:
+        """Reserved for the final evaluation: never trained, tuned or exported from."""
+        return self._heldout
 
     @property
     def samples(self) -> tuple[Sample, ...]:
@@ -77,7 +91,7 @@ class Dataset(Sequence[Sample]):
 
     def __getitem__(self, index: int | slice) -> Sample | Dataset:
         if isinstance(index, slice):
-            return Dataset(self._samples[index], name=self._name)
+            return Dataset(self._samples[index], name=self._name, heldout=self._heldout)
         return self._samples[index]
 
     def __iter__(self) -> Iterator[Sample]:
@@ -89,9 +103,10 @@ class Dataset(Sequence[Sample]):
         return self._samples[self._index[item.sample_id]] is item
 
     def __repr__(self) -> str:
+        held = ", heldout=True" if self._heldout else ""
         return (
             f"Dataset(name={self._name!r}, samples={len(self)}, "
-            f"modalities={list(self.modalities)}, sources={len(self.source_ids)})"
+            f"modalities={list(self.modalities)}, sources={len(self.source_ids)}{held})"
         )
 
     def index_of(self, sample_id: str) -> int:
@@ -141,19 +156,61 @@ class Dataset(Sequence[Sample]):
                 f"predicate={'yes' if predicate else 'no'}); "
                 f"available modalities: {list(self.modalities)}"
             )
-        return Dataset(kept, name=name or self._name)
+        return Dataset(kept, name=name or self._name, heldout=self._heldout)
 
     def concat(self, *others: Dataset, name: str | None = None) -> Dataset:
-        """This dataset followed by ``others`` (``sample_id`` s must stay unique)."""
+        """This dataset followed by ``others`` (``sample_id`` s must stay unique); held out when
+        any part is."""
         samples = list(self._samples)
         for other in others:
             samples.extend(other.samples)
-        return Dataset(samples, name=name or "+".join([self._name, *(o.name for o in others)]))
+        return Dataset(
+            samples,
+            name=name or "+".join([self._name, *(o.name for o in others)]),
+            heldout=self._heldout or any(o.heldout for o in others),
+        )
 
     def __add__(self, other: object) -> Dataset:
         if not isinstance(other, Dataset):
             return NotImplemented
         return self.concat(other)
+
+
+def refuse_heldout(dataset: Dataset, what: str) -> None:
+    """Raise a ``ValueError`` when ``dataset`` is held out: the one guard of every trainer and
+    exporter.
+
+    Args:
+        what: the option that named the dataset, for the message
+            (``"medseg-train ppo --dataset"``).
+    """
+    if dataset.heldout:
+        raise ValueError(
+            f"{what}: dataset {dataset.name!r} is held out for the final evaluation and is never "
+            "trained, tuned or exported from; use a training set such as 'demo' (its validation "
+            "split serves for tuning)"
+        )
+
+
+def data_fingerprint(dataset: Dataset, indices: Iterable[int]) -> dict[str, Any]:
+    """Name, sizes and a SHA-256 of the selected samples' ids, pixels, masks and spacing.
+
+    What a results or export folder records of its data, so that a resume on changed data is
+    refused.
+    """
+    digest = hashlib.sha256()
+    indices = list(indices)
+    for i in indices:
+        s = dataset[i]
+        digest.update(f"{s.sample_id}|{s.modality}|{s.target}|{s.spacing}|".encode())
+        digest.update(np.ascontiguousarray(s.image).tobytes())
+        digest.update(np.packbits(s.mask).tobytes())
+    return {
+        "name": dataset.name,
+        "samples": len(dataset),
+        "selected": len(indices),
+        "sha256": digest.hexdigest(),
+    }
 
 
 # --- helpers shared by the loaders -------------------------------------------------------------

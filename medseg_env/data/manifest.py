@@ -19,6 +19,7 @@ Manifest format (relative paths resolve against the manifest's folder)::
 
     {
       "name": "liver_ct",                 # optional; default: the manifest file stem
+      "heldout": false,                   # optional; true: kept for the final evaluation
       "format": "nifti",                  # "nifti" | "npz" | "folder"  (required)
       "modality": "CT",                   # optional loader options, for every item...
       "window": "abdomen",                # preset, [level, width] or null (percentiles)
@@ -258,10 +259,15 @@ def _check_manifest(data: dict[str, Any], where: str) -> tuple[str, list[dict[st
         raise ValueError(
             f"manifest {where}: format must be one of {sorted(_ITEM_PATHS)}; got {fmt!r}"
         )
-    top_keys = {"name", "format", "items", "description"} | _OPTIONS[fmt]
+    top_keys = {"name", "format", "items", "description", "heldout"} | _OPTIONS[fmt]
     unknown = sorted(set(data) - top_keys)
     if unknown:
         raise ValueError(f"manifest {where}: unknown key(s) {unknown} for format {fmt!r}")
+    if not isinstance(data.get("heldout", False), bool):
+        raise ValueError(
+            f"manifest {where}: 'heldout' = {_show(data['heldout'])} "
+            f"({_json_type(data['heldout'])}) must be true or false"
+        )
     _check_options(data, fmt, f"manifest {where}")
     items = data.get("items")
     if not isinstance(items, list) or not items:
@@ -324,7 +330,7 @@ def _manifest_dataset(data: dict[str, Any], base: Traversable, where: str, name:
         else:
             ds = load_folder(base / item["images"], base / item["masks"], **opts)
         samples.extend(ds.samples)
-    return Dataset(samples, name=name)
+    return Dataset(samples, name=name, heldout=data.get("heldout", False))
 
 
 def _traversable_npz(entry: Traversable, **opts: Any) -> list[Sample]:

@@ -101,3 +101,23 @@ def test_list(capsys):
     # policies in registration order, the order of the benchmark's tables
     line = next(line for line in out.splitlines() if line.startswith("policies:"))
     assert line.split()[1:6] == ["oracle_box", "hybrid_expert", "ritm", "imis", "random"]
+
+
+def test_export_sft_is_deprecated_and_forwarded_to_medseg_train(tmp_path, capfd):
+    """``medseg-bench export-sft`` (kept for one release) runs ``medseg-train export-sft`` with
+    the same arguments in a subprocess, and returns its status."""
+    out = tmp_path / "sft"
+    args = ["export-sft", "-s", "classical", "--limit", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    captured = capfd.readouterr()
+    assert "'medseg-bench export-sft' is deprecated" in captured.err
+    assert "use 'medseg-train export-sft'" in captured.err
+    assert "1 trajectories" in captured.out and (out / "trl.jsonl").is_file()
+    # the forwarded command's own status: 1 for a failed replay check, 2 for bad input
+    (out / "trl.jsonl").write_text("not json\n", encoding="utf-8")
+    assert main(["export-sft", "--verify", "--out", str(out), "--no-progress"]) == 1
+    assert main(["export-sft", "-d", "demo-heldout", "--out", str(tmp_path / "x")]) == 2
+    err = capfd.readouterr().err
+    assert "medseg-train export-sft: error: " in err and "trl.jsonl:1 is not JSON" in err
+    assert "medseg-train export-sft: error: medseg-train export-sft --dataset: dataset " in err
+    assert not (tmp_path / "x").exists()

@@ -34,14 +34,18 @@ from medseg_agents.training.click_model.evaluate import (
 )
 from medseg_agents.training.click_model.loop import weights_metadata
 from medseg_agents.training.click_model.losses import click_loss, regression_loss, target_frame
-from medseg_agents.training.click_model.prompting import jitter_box
+from medseg_agents.training.click_model.prompting import (
+    click_prompts,
+    jitter_box,
+    random_error_click,
+)
 from medseg_agents.training.click_model.train import FAMILY_WEIGHTS, family_weights
 from medseg_env.data.demo import build_demo
 
 
 def test_click_loss_rewards_logits_that_agree_with_the_clicks():
     gt = np.zeros((128, 128), bool)  # a 128-px image: clicks scale by 2 to the 256 frame
-    clicks = [[(10.5, 20.5, 1), (100.5, 60.5, 0)]]  # (x, y, label)
+    clicks = [[(20, 10, True), (60, 100, False)]]  # (row, col, positive)
     agree = torch.full((1, 1, INPUT, INPUT), -8.0)
     agree[0, 0, 41, 21] = 8.0  # the positive click at (x=10.5, y=20.5) -> (col 21, row 41)
     disagree = -agree
@@ -211,3 +215,21 @@ def test_eval_reads_the_bundled_held_out_split_by_default(tmp_path):
 def test_curve_value_after_an_early_stop_is_the_last_one():
     assert at([0.5, 0.8, 0.95], 1) == 0.5
     assert at([0.5, 0.8, 0.95], 5) == 0.95
+
+
+def test_clicks_are_the_simulated_users_clicks_and_become_pixel_centre_prompts():
+    """One click convention: ``(row, col, positive)`` (``medseg_agents.simulation.Click``),
+    as the RITM rule draws it; ``click_prompts`` puts each at its pixel's centre in (x, y)."""
+    gt = np.zeros((32, 48), bool)
+    gt[10:20, 30:40] = True
+    pred = np.zeros_like(gt)
+    row, col, positive = random_error_click(
+        pred, gt, np.zeros_like(gt), np.random.default_rng(0), 1
+    )
+    assert positive is True and gt[row, col]  # the RITM click: inside the missed target
+    box = np.array([1.0, 2.0, 30.0, 20.0], np.float32)
+    prompts = click_prompts([(row, col, positive), (3, 7, False)], box)
+    assert prompts.points.tolist() == [[col + 0.5, row + 0.5], [7.5, 3.5]]
+    assert prompts.labels.tolist() == [1, 0] and prompts.box.tolist() == box.tolist()
+    empty = click_prompts([])
+    assert empty.points.shape == (0, 2) and empty.labels.shape == (0,) and empty.box is None

@@ -4,10 +4,12 @@ LiteMedSAM's prompt encoder and mask decoder are trained for click prompts with 
 interactive recipe (image encoder frozen, embeddings cached); the held-out split is never
 read. ``medseg_env/segmenters/weights/MODEL_CARD.md`` has the exact commands and results.
 
-* ``python -m medseg_agents.training.click_model.train --out DIR --pyradiomics ... --stardist ...
-  --nilearn ...``: train (``train.py``, the command line; ``loop.py``, the loop; ``data.py``,
-  the images and the held-out guard; ``prompting.py``, the simulated user; ``losses.py``;
-  ``embeddings.py``, the encoder and its cache).
-* ``python -m medseg_agents.training.click_model.evaluate --weights FILE --out DIR``: the original
-  and the tuned model on the bundled held-out split ``demo-heldout`` (``evaluate.py``).
+* ``medseg-train click-model-train --out DIR --pyradiomics ... --stardist ... --nilearn ...``
+  (or ``python -m medseg_agents.training.click_model.train``): train (``train.py``, the
+  command line; ``loop.py``, the loop; ``data.py``, the images and the held-out guard;
+  ``prompting.py``, the simulated user; ``losses.py``; ``embeddings.py``, the encoder and its
+  cache).
+* ``medseg-train click-model-eval --weights FILE --out DIR`` (or ``python -m
+  medseg_agents.training.click_model.evaluate``): the original and the tuned model on the
+  bundled held-out split ``demo-heldout`` (``evaluate.py``).
 """

@@ -2,7 +2,11 @@
 
 Real images only from the sources below, plus procedural shapes; the held-out split
 (pyradiomics ``brain2``, ``lung2`` and the stardist nuclei rows 256-511) is never read, and
-``check_no_heldout`` refuses a training set that holds any of it (``HeldOutLeakError``):
+``check_no_heldout`` refuses a training set that holds any of it (``HeldOutLeakError``, a
+``ValueError``). The recipe reads raw sources, not a registered dataset, so it cannot check
+``Dataset.heldout`` itself: its held-out sources are the ones ``build_demo.py`` cuts the
+flagged ``demo-heldout`` dataset from (``SPLIT_CASES``, ``NUCLEI_ROWS``), never a list of its
+own, and its training cases and rows are the ``demo`` side of the same tables:
 
 * pyradiomics ``brain1``, ``lung1``, ``breast1``: every tumour slice, preprocessed exactly as
   the demo (``medseg_env/data/demo/build_demo.py``), with the 8 flips / 90° rotations, random
@@ -28,12 +32,26 @@ import numpy as np
 from scipy import ndimage
 from skimage.transform import resize
 
+from medseg_env.data.demo import build_demo
 from medseg_env.data.intensity import percentile_range, rescale_to_uint8
 
 INPUT = 256  # LiteMedSAM's encoder input side
-HELDOUT_SOURCES = frozenset({"pyradiomics:brain2", "pyradiomics:lung2", "stardist:rows256-511"})
-HELDOUT_MARKERS = ("brain2", "lung2", "256-511")  # any source naming one of these is held out
-TRAIN_CASES = ("brain1", "lung1", "breast1")
+
+
+def _rows(split: str) -> str:
+    """The stardist rows of one side of the demo split, ``"256-511"``."""
+    first, end = build_demo.NUCLEI_ROWS[split]
+    return f"{first}-{end - 1}"
+
+
+HELDOUT_SOURCES = frozenset(
+    [f"pyradiomics:{case}" for case in build_demo.SPLIT_CASES["heldout"]]
+    + [f"stardist:rows{_rows('heldout')}"]
+)
+# any source naming one of these is held out (look-alikes such as "pyradiomics:lung2_zoom" too)
+HELDOUT_MARKERS = (*build_demo.SPLIT_CASES["heldout"], _rows("heldout"))
+TRAIN_CASES = build_demo.SPLIT_CASES["demo"]
+NUCLEI_ROWS = build_demo.NUCLEI_ROWS["demo"]
 EVERY_SLICE = 10_000  # build_demo's max_slices for training: every slice, not the demo's 6
 DIHEDRAL_ORDER = (0, 5, 2, 7, 1, 4, 3, 6)  # variant-major: a partial cache stays varied
 
@@ -124,8 +142,6 @@ def tumour_view(name: str, case: str, grey: np.ndarray, seg: np.ndarray, k: int)
 
 def tumour_slices(case: str, pyradiomics: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(stem, grey, tumour mask)`` of every tumour slice of a case, as the demo builds it."""
-    from medseg_env.data.demo import build_demo
-
     slices = build_demo.tumour_case(case, pyradiomics, max_slices=EVERY_SLICE)
     return [(stem, arrays["imgs"][:, :, 0], arrays["gts"] > 0) for stem, arrays in slices]
 
@@ -168,18 +184,19 @@ def tumour_items(
 
 
 def nuclei_items(stardist: Path, rng: np.random.Generator, n: int) -> list[Item]:
-    """Random crops of the top half (rows 0-255) of the stardist nuclei image."""
+    """Random crops of the top half (``NUCLEI_ROWS``, 0-255) of the stardist nuclei image."""
     import tifffile
 
     base = stardist / "stardist" / "data" / "images"
-    img = tifffile.imread(base / "img2d.tif")[:256]  # top half only: rows 256-511 are held out
-    mask = tifffile.imread(base / "mask2d.tif")[:256]
+    rows = slice(*NUCLEI_ROWS)  # the demo side only: rows 256-511 are held out
+    img = tifffile.imread(base / "img2d.tif")[rows]
+    mask = tifffile.imread(base / "mask2d.tif")[rows]
     low, high = percentile_range(img)
     grey = rescale_to_uint8(img, low, high)
     items = []
     for i in range(n):
         side = int(rng.integers(96, 161))
-        r = int(rng.integers(0, 256 - side + 1))
+        r = int(rng.integers(0, img.shape[0] - side + 1))
         c = int(rng.integers(0, img.shape[1] - side + 1))
         window = (slice(r, r + side), slice(c, c + side))
         g = resize(
@@ -196,7 +213,9 @@ def nuclei_items(stardist: Path, rng: np.random.Generator, n: int) -> list[Item]
         g, lab = dihedral(np.clip(g, 0, 255).astype(np.uint8), k), dihedral(lab, k)
         targets = [lab == v for v in np.unique(lab[lab > 0]) if (lab == v).sum() >= 20]
         if targets:
-            items.append(Item(f"nuclei_crop{i:03d}", "stardist:rows0-255", rgb(g), targets))
+            items.append(
+                Item(f"nuclei_crop{i:03d}", f"stardist:rows{_rows('demo')}", rgb(g), targets)
+            )
     return items
 
 

@@ -276,7 +276,15 @@ def write_results(args, tuned_model_id: str, summary: dict, results: dict) -> st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="medseg-train click-model-eval", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``medseg-train click-model-eval``."""
     p.add_argument(
         "--weights", type=Path, default=None, help="fine-tuned weights (default shipped)"
     )
@@ -293,11 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=None, help="held-out embedding cache (on disk)")
     p.add_argument("--device", default="cpu")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate both models and write the results (see the module docstring)."""
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     targets = load_heldout(args.heldout, args.max_nuclei, args.seed)

@@ -23,15 +23,15 @@ from typing import cast
 import numpy as np
 import torch
 
+from medseg_agents.simulation import Click
 from medseg_env.segmenters.litemedsam import load_litemedsam_modules
 from medseg_env.segmenters.litemedsam_clicks import click_state, load_click_state
 from medseg_env.segmenters.sam_family import SamFamilySegmenter, resolve_device
-from medseg_env.segmenters.types import Prompts
 
 from .data import INPUT, Item, build_items, read_item_names
 from .embeddings import encode_all, image_encoder, is_cached
 from .losses import click_loss, dice_bce, regression_loss, soft_dice, target_frame
-from .prompting import Click, jitter_box, pixel_click, random_error_click
+from .prompting import click_prompts, jitter_box, random_error_click
 
 RECIPE_KEYS = (
     "seed",
@@ -181,7 +181,7 @@ def add_clicks(ep: Episode, r: int, rng: np.random.Generator, p_exact: float) ->
             continue
         row, col, pos = random_error_click(ep.preds[b], g, ep.clicked[b], rng, p_exact)
         ep.clicked[b][row, col] = True
-        ep.pts[b].append(pixel_click(row, col, pos))
+        ep.pts[b].append((row, col, pos))
 
 
 def prompt_embeddings(
@@ -191,8 +191,7 @@ def prompt_embeddings(
     logits, which a sample loses with probability ``p_no_mask``."""
     sparse, dense = [], []
     for b, g in enumerate(ep.gts):
-        arr = np.array(ep.pts[b], np.float32).reshape(-1, 3)
-        prompts = Prompts(arr[:, :2], arr[:, 2].astype(np.int64), ep.boxes[b])
+        prompts = click_prompts(ep.pts[b], ep.boxes[b])
         points, box_t = model.helper.prompt_tensors(prompts, g.shape)
         mask_in = ep.prev[b : b + 1] if ep.prev is not None else None
         if mask_in is not None and p_no_mask > 0 and rng.uniform() < p_no_mask:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from medseg_env.geometry import LongestSide, pixel_of
 
 from .data import INPUT
-from .prompting import Click
+from .prompting import Click, click_prompts
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -44,11 +44,12 @@ def click_loss(logits: torch.Tensor, pts: list[list[Click]], gts: list[np.ndarra
     for b, (clicks, g) in enumerate(zip(pts, gts, strict=True)):
         if not clicks:
             continue
-        arr = np.array(clicks, np.float32)
+        prompts = click_prompts(clicks)
         # the low-res pixel holding each click: the image frame scaled as the model input
-        rows, cols = pixel_of(LongestSide.of(g.shape, INPUT).to_target(arr[:, :2]), (INPUT, INPUT))
+        frame = LongestSide.of(g.shape, INPUT)
+        rows, cols = pixel_of(frame.to_target(prompts.points), (INPUT, INPUT))
         values = logits[b, 0, torch.from_numpy(rows), torch.from_numpy(cols)]
-        labels = torch.from_numpy(arr[:, 2]).to(values)
+        labels = torch.from_numpy(prompts.labels).to(values)
         terms.append(F.binary_cross_entropy_with_logits(values, labels))
     return torch.stack(terms).mean() if terms else logits.sum() * 0
 

@@ -2,22 +2,26 @@
 
 Clicks follow the RITM rule (``medseg_agents.clickers.next_click``), or, for variety, a random
 pixel deep inside the chosen error region; boxes are the target's exact box
-(``medseg_env.geometry.box_edges_from_mask``) with a little jitter.
+(``medseg_env.geometry.box_edges_from_mask``) with a little jitter. A click is the simulated
+users' ``Click``, ``(row, col, positive)`` (``medseg_agents.simulation``); ``click_prompts``
+turns clicks into the model's ``Prompts``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from medseg_agents.clickers import next_click
+from medseg_agents.simulation import Click
 from medseg_env.geometry import box_edges_from_mask, padded_distance
-
-Click = tuple[float, float, int]  # (x, y, label): a pixel centre and 1 / 0 (positive / negative)
+from medseg_env.segmenters.types import Prompts
 
 
 def random_error_click(
     pred: np.ndarray, gt: np.ndarray, clicked: np.ndarray, rng: np.random.Generator, p_exact: float
-) -> tuple[int, int, bool]:
+) -> Click:
     """The RITM click (probability ``p_exact``), else a random pixel of the chosen error
     region whose distance to its border is at least half the maximum (varied but still deep)."""
     click = next_click(pred, gt, clicked)
@@ -36,10 +40,13 @@ def random_error_click(
     return int(rows[j]), int(cols[j]), positive
 
 
-def pixel_click(row: int, col: int, positive: bool) -> Click:
-    """A click at the centre of pixel ``(row, col)``, in continuous ``(x, y)`` image pixels
-    (``Prompts.points``), with its label."""
-    return col + 0.5, row + 0.5, int(positive)
+def click_prompts(clicks: Sequence[Click], box: np.ndarray | None = None) -> Prompts:
+    """``(row, col, positive)`` clicks (and a box) as the model's ``Prompts``: each click at
+    the centre of its pixel, ``(col + 0.5, row + 0.5)`` in continuous ``(x, y)`` image pixels,
+    labelled 1 (positive) or 0."""
+    points = np.array([(col + 0.5, row + 0.5) for row, col, _ in clicks], np.float32)
+    labels = np.array([int(positive) for _, _, positive in clicks], np.int64)
+    return Prompts(points.reshape(-1, 2), labels, box)
 
 
 def jitter_box(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -132,16 +132,27 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``medseg-train click-model-train``."""
     add_data_options(p)
     add_recipe_options(p)
     add_run_options(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medseg-train click-model-train", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (see the module docstring)."""
     if args.cache is None:
         args.cache = args.out / "emb"
     train(args)

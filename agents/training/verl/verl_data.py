@@ -159,11 +159,8 @@ def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m medseg_agents.training.verl.verl_data",
-        description="Write verl parquet rows (prompt, image, tools_kwargs) for MedSeg episodes.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``medseg-train verl-data``."""
     parser.add_argument("--out", required=True, help="folder for train.parquet / val.parquet")
     parser.add_argument("--dataset", default="demo", help="the training dataset (default demo)")
     parser.add_argument(
@@ -180,10 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--env-options", default="{}", help="more MedSeg-v0 options, as JSON (e.g. obs_size)"
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medseg-train verl-data", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write ``train.parquet`` (and ``val.parquet``) into ``--out``."""
     options = json.loads(args.env_options)
     if not isinstance(options, dict):
-        parser.error("--env-options must be a JSON object")
+        raise ValueError(f"--env-options must be a JSON object; got {args.env_options!r}")
     common: dict[str, Any] = dict(
         protocol=args.protocol,
         segmenter=args.segmenter,

@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         save_npz(args.out / f"{stem}.npz", arrays)
     manifest = {
         "name": args.name or args.split,
+        # the flag every trainer and exporter checks (medseg_env.data.refuse_heldout)
+        **({"heldout": True} if args.split == "heldout" else {}),
         "format": "npz",
         "description": f"built by build_demo.py --split {args.split}; see PROVENANCE.md",
         "items": [{"path": f"{stem}.npz"} for stem, _ in items],

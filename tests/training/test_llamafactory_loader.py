@@ -1,10 +1,10 @@
-"""LLaMA-Factory 0.9.5's own data pipeline on a ``medseg-bench export-sft`` folder.
+"""LLaMA-Factory 0.9.5's own data pipeline on a ``medseg-train export-sft`` folder.
 
 Needs llamafactory, which the main venv does not have (it pins transformers<=5.6): build the
 overlay once and put it first on the path::
 
     bash scripts/llamafactory_env.sh
-    PYTHONPATH=$PWD/.lf-env python -m pytest tests/mllm/test_llamafactory_loader.py -q
+    PYTHONPATH=$PWD/.lf-env python -m pytest tests/training/test_llamafactory_loader.py -q
 
 Four trajectories of the bundled ``demo`` are exported with the weight-free ``classical``
 backend (both record kinds). LLaMA-Factory reads the folder as its ``dataset_dir`` (the
@@ -56,8 +56,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
-from medseg_bench import export_sft as X  # noqa: E402
-from medseg_bench.cli import main  # noqa: E402
+from medseg_agents.training import sft as X  # noqa: E402
+from medseg_agents.training.cli import main  # noqa: E402
 
 LIMIT = 4
 TEMPLATE = "qwen3_vl_nothink"

@@ -1,5 +1,6 @@
-"""``medseg-bench export-sft``: trajectories replay, byte-identical reruns, resume, the TRL and
-LLaMA-Factory formats, the split, and a corrupted reply failing the replay check.
+"""``medseg-train export-sft`` (``medseg_agents.training.sft``): trajectories replay,
+byte-identical reruns, resume, the TRL and LLaMA-Factory formats, the split, and a corrupted
+reply failing the replay check.
 
 Exports run on real bundled ``demo`` samples with the registered weight-free ``classical``
 backend (milliseconds a call); the last test exports and replays one trajectory of the real
@@ -17,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from medseg_agents.oracle import HybridExpert
-from medseg_bench import export_sft as X
-from medseg_bench.cli import main
-from medseg_bench.config import BenchError
+from medseg_agents.training import sft as X
+from medseg_agents.training.cli import main
+from medseg_agents.training.sft import export as export_module
 from medseg_env.data import Dataset
 from medseg_env.data.split import split_groups
 from medseg_env.text import ToolCall, get_protocol
@@ -81,13 +82,13 @@ def test_rerun_and_resume_are_byte_identical(exported: Path, tmp_path: Path, mon
     first = X.export_sft(config, out, limit=2, **kwargs)  # a run "killed" after 2 trajectories
     assert (first.executed, first.resumed, first.exported) == (2, 0, 2)
     played: list[str] = []
-    play = X.play
+    play = export_module.play
 
     def counting_play(env, expert, dataset, spec):
         played.append(spec.id)
         return play(env, expert, dataset, spec)
 
-    monkeypatch.setattr(X, "play", counting_play)
+    monkeypatch.setattr(export_module, "play", counting_play)
     second = X.export_sft(config, out, limit=LIMIT, **kwargs)
     assert (second.executed, second.resumed, second.exported) == (2, 2, LIMIT)
     assert len(played) == 2 and played == [e.id for e in X.make_plan(_demo(), config)[2:LIMIT]]
@@ -178,7 +179,7 @@ def test_split_keeps_groups_disjoint(demo: Dataset) -> None:
         # the split depends on split_seed only, not on the trajectories' seed
         other = X.ExportConfig(split="val", seed=7, mix=(("click", 1.0),), **cfg)
         assert X.split_indices(demo, other) == val
-    with pytest.raises(BenchError, match="held-out"):
+    with pytest.raises(X.ExportError, match="held out for the final evaluation"):
         X.load_export_dataset(X.ExportConfig(dataset="demo-heldout"))
     assert main(["export-sft", "-d", "demo-heldout", "--out", "x", "--no-progress"]) == 2
     assert not Path("x").exists()
@@ -245,3 +246,26 @@ def test_other_protocols(protocol: str, tmp_path: Path) -> None:
     for row in _rows(tmp_path / X.TRL_TURNS_FILE):  # the env's own view of each turn
         kept = get_protocol(protocol).history_turns
         assert len(row["images"]) <= (kept if kept is not None else 99) + 1
+
+
+def test_a_damaged_journal_is_repaired_by_the_shared_rules(exported: Path, tmp_path: Path) -> None:
+    """The export's journal is ``medseg_env.journal.JsonlJournal``: the benchmark's repair rules
+    (a torn last line dropped silently, a bad line moved to ``.rejected.jsonl`` with a warning
+    naming file and line), and the dropped trajectory is exported again."""
+    out = tmp_path / "damaged"
+    shutil.copytree(exported, out)
+    journal = out / X.JOURNAL_FILE
+    lines = journal.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[1] = "{not json\n"
+    journal.write_text("".join(lines) + '{"id": "torn', encoding="utf-8")
+    config = X.ExportConfig(segmenter=SEG)
+    with pytest.warns(UserWarning, match=r"trajectories.jsonl:2: dropping line 2 \(not valid JSON"):
+        result = X.export_sft(
+            config, out, limit=LIMIT, formats=X.FORMATS, records=X.RECORDS, progress=False
+        )
+    assert (result.executed, result.resumed, result.exported) == (1, LIMIT - 1, LIMIT)
+    assert (out / "trajectories.rejected.jsonl").read_text(encoding="utf-8") == "{not json\n"
+    repaired = journal.read_text(encoding="utf-8")
+    assert repaired.endswith("\n") and "torn" not in repaired and len(repaired.splitlines()) == 4
+    for name in (X.TRL_FILE, X.LF_FILE, X.TRL_TURNS_FILE, X.LF_TURNS_FILE):
+        assert (out / name).read_bytes() == (exported / name).read_bytes(), name
