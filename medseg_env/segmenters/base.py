@@ -47,6 +47,14 @@ class Segmenter(ABC):
         return self.name
 
     @property
+    def runtime(self) -> dict[str, str]:
+        """How this instance computes, beyond the weights that ``model_id`` names: e.g.
+        ``{"device": "cpu", "decoder": "onnx"}`` for a SAM-family backend. Not part of any
+        cache key (the results do not depend on it); the benchmark records it next to the
+        model ids. Empty by default."""
+        return {}
+
+    @property
     def mask_input_shape(self) -> tuple[int, int] | None:
         """``(h, w)`` of every ``Prediction.logits`` (``(1, 1, h, w)``), which ``predict`` takes
         back as ``previous_logits``; None where it is not fixed.

@@ -20,8 +20,8 @@ import torch
 
 from .cache import EmbeddingCache
 from .checkpoints import check_nonempty, verify_sha256
-from .fast_decoder import FastDecoderSegmenter
-from .sam_family import resolve_device
+from .decoders import Decoder
+from .sam_family import SamFamilySegmenter, resolve_device
 
 
 def litemedsam_checkpoint_path() -> Path:
@@ -77,7 +77,7 @@ def load_litemedsam_modules(path: str | Path | None = None) -> torch.nn.Module:
     return _load_modules(str(path.resolve()), sha256)
 
 
-class LiteMedSAM(FastDecoderSegmenter):
+class LiteMedSAM(SamFamilySegmenter):
     """The original, box-only LiteMedSAM.
 
     Args:
@@ -85,8 +85,10 @@ class LiteMedSAM(FastDecoderSegmenter):
         use_mask_input: feed the previous turn's logits back as ``mask_input`` on refinement
             turns (on by default).
         cache: embedding cache; the process-wide one by default.
-        decoder: ``"eager"`` (PyTorch, default) or ``"onnx"``: the prompt encoder and mask
-            decoder through ONNX Runtime, CPU only, same ``model_id`` (see ``fast_decoder``).
+        decoder: ``"auto"`` (default: ``"onnx"`` on the CPU, ``"eager"`` elsewhere),
+            ``"onnx"`` (the prompt encoder and mask decoder as one ONNX Runtime graph, CPU only;
+            see ``onnx_decoder``), ``"eager"`` (PyTorch), or a ``Decoder``. The same
+            ``model_id`` and masks either way.
     """
 
     name = "litemedsam"
@@ -96,7 +98,7 @@ class LiteMedSAM(FastDecoderSegmenter):
         device: str | torch.device | None = "cpu",
         use_mask_input: bool = True,
         cache: EmbeddingCache | None = None,
-        decoder: str = "eager",
+        decoder: str | Decoder = "auto",
     ) -> None:
         net = load_litemedsam_modules()
         if resolve_device(device).type != "cpu":
@@ -112,5 +114,5 @@ class LiteMedSAM(FastDecoderSegmenter):
             use_mask_input=use_mask_input,
             device=device,
             cache=cache,
+            decoder=decoder,
         )
-        self.use_decoder(decoder)

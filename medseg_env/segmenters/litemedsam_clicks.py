@@ -26,9 +26,9 @@ from .checkpoints import (
     normalize_sha256,
     verify_sha256,
 )
-from .fast_decoder import FastDecoderSegmenter
+from .decoders import Decoder
 from .litemedsam import litemedsam_checkpoint_sha256, load_litemedsam_modules
-from .sam_family import resolve_device
+from .sam_family import SamFamilySegmenter, resolve_device
 
 WEIGHTS_FILE = "litemedsam_clicks.safetensors"
 WEIGHTS_SHA256 = "ee13520774347b7fc0c28bf63ea635515d84680bd088522f3538618a5aa9f9d7"
@@ -111,7 +111,7 @@ def _load_click_modules(path: str, sha256: str) -> tuple[torch.nn.Module, torch.
     return prompt_encoder.eval(), mask_decoder.eval()
 
 
-class LiteMedSAMClicks(FastDecoderSegmenter):
+class LiteMedSAMClicks(SamFamilySegmenter):
     """LiteMedSAM with a prompt encoder + mask decoder fine-tuned for boxes and clicks.
 
     Args:
@@ -123,8 +123,10 @@ class LiteMedSAMClicks(FastDecoderSegmenter):
             shipped one by default.
         sha256: the expected checksum of ``weights`` (the shipped file's by default), in
             hex, either case.
-        decoder: ``"eager"`` (PyTorch, default) or ``"onnx"``: the prompt encoder and mask
-            decoder through ONNX Runtime, CPU only, same ``model_id`` (see ``fast_decoder``).
+        decoder: ``"auto"`` (default: ``"onnx"`` on the CPU, ``"eager"`` elsewhere),
+            ``"onnx"`` (the prompt encoder and mask decoder as one ONNX Runtime graph, CPU only;
+            see ``onnx_decoder``), ``"eager"`` (PyTorch), or a ``Decoder``. The same
+            ``model_id`` and masks either way.
 
     ``model_id`` is ``litemedsam_clicks-<weights SHA-256>-<encoder SHA-256>`` (12 hex digits of
     each): both files are verified, and either one changes the model.
@@ -139,7 +141,7 @@ class LiteMedSAMClicks(FastDecoderSegmenter):
         cache: EmbeddingCache | None = None,
         weights: str | Path | None = None,
         sha256: str = WEIGHTS_SHA256,
-        decoder: str = "eager",
+        decoder: str | Decoder = "auto",
     ) -> None:
         sha256 = normalize_sha256(sha256, "sha256")
         net = load_litemedsam_modules()
@@ -161,5 +163,5 @@ class LiteMedSAMClicks(FastDecoderSegmenter):
             multimask_single_click=False,
             device=device,
             cache=cache,
+            decoder=decoder,
         )
-        self.use_decoder(decoder)

@@ -21,6 +21,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from .cache import EmbeddingCache
 from .checkpoints import cached_file_sha256, read_state_dict
+from .decoders import Decoder
 from .sam_family import Normalization, SamFamilySegmenter
 
 # encoder width, depth, heads and global-attention blocks of SAM's three released sizes
@@ -89,6 +90,9 @@ class SAM(SamFamilySegmenter):
         prompt_kinds: the prompts the model was trained for.
         allow_random_init: with no checkpoint, use seeded random weights (tests only).
         seed: the seed of those random weights.
+        decoder: ``"eager"`` (PyTorch, default), ``"onnx"`` (ONNX Runtime, CPU only: the same
+            masks, a few times faster per step on a CPU), ``"auto"`` (ONNX on the CPU), or a
+            ``Decoder`` (``decoders.py``).
     """
 
     name = "sam"
@@ -108,6 +112,7 @@ class SAM(SamFamilySegmenter):
         multimask_single_click: bool = True,
         device: str | torch.device | None = "cpu",
         cache: EmbeddingCache | None = None,
+        decoder: str | Decoder = "eager",
     ) -> None:
         if checkpoint is None and not allow_random_init:
             raise ValueError(
@@ -136,6 +141,7 @@ class SAM(SamFamilySegmenter):
             multimask_single_click=multimask_single_click,
             device=device,
             cache=cache,
+            decoder=decoder,
         )
 
     @staticmethod

@@ -28,7 +28,7 @@ from medseg_env.segmenters import (
     Segmenter,
     make_segmenter,
 )
-from medseg_env.segmenters.sam_family import BATCH_LOGIT_ATOL
+from medseg_env.segmenters.decoders import BATCH_LOGIT_ATOL
 from medseg_env.wrappers.vector_env import MedSegVectorEnv
 
 N = 4
@@ -255,8 +255,10 @@ def assert_batch_matches_single(seg: Segmenter, requests: list[PredictRequest]) 
 
 
 def test_predict_batch_equals_single_predicts_litemedsam_clicks(small_demo):
-    """Real weights, three real images: 21 requests in 7 prompt structures, 3 of each."""
-    seg = make_segmenter("litemedsam_clicks")
+    """Real weights, three real images: 21 requests in 7 prompt structures, 3 of each, through
+    the eager decoder's batched forward (the ONNX decoder, the CPU default, decodes one request
+    at a time)."""
+    seg = make_segmenter("litemedsam_clicks", decoder="eager")
     requests = _requests(seg, _canvases(small_demo))
     groups: list[int] = []
     real = seg.mask_decoder.forward

@@ -10,6 +10,8 @@ model.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from medseg_testing import mask_box
 
 from medseg_env.segmenters import (
     SAM,
+    SEGMENTERS,
     EmbeddingCache,
     MedSAM,
     Prompts,
@@ -25,6 +28,8 @@ from medseg_env.segmenters import (
     make_segmenter,
     registered_segmenters,
 )
+from medseg_env.segmenters.onnx_cache import ONNX_DIR_ENV
+from medseg_env.segmenters.onnx_decoder import LOGIT_ATOL
 
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn": (1,)}
 # Options that let a backend build offline here; backends that need none are absent.
@@ -144,6 +149,37 @@ def test_declared_prompt_kinds_are_enforced(name, sample, backends):
         else:
             with pytest.raises(UnsupportedPromptError, match=kind):
                 seg.predict(emb, prompts)
+
+
+def takes_decoder(name: str) -> bool:
+    """A SAM-family backend: one that takes the ``decoder`` option."""
+    return "decoder" in inspect.signature(SEGMENTERS.get(name)).parameters
+
+
+@pytest.mark.parametrize("name", [n for n in BACKENDS if takes_decoder(n)])
+def test_onnx_and_eager_decoders_agree(name, sample, backends, tmp_path, monkeypatch):
+    """Every SAM-family backend runs with either decoder (the component), with the same
+    masks: SAM and MedSAM too, as random-initialised models of their architecture."""
+    monkeypatch.setenv(ONNX_DIR_ENV, str(tmp_path))
+    seg = backends[name]
+    other = "eager" if seg.runtime["decoder"] == "onnx" else "onnx"
+    twin = make_segmenter(name, cache=seg.cache, decoder=other, **TEST_OPTIONS.get(name, {}))
+    assert twin.runtime["decoder"] == other and twin.model_id == seg.model_id
+    emb = seg.encode(sample.image)
+    box = Prompts(box=mask_box(sample.mask))
+    r, c = np.argwhere(sample.mask)[len(np.argwhere(sample.mask)) // 2]
+    click = Prompts().with_point(c + 0.5, r + 0.5, True)
+    cases = [(box, None), (box, "previous")]
+    if seg.supports("point"):
+        both = Prompts(click.points, click.labels, box.box)
+        cases += [(click, None), (click, "previous"), (both, "previous")]
+    previous = seg.predict(emb, box).logits
+    for prompts, logits in cases:
+        fed = previous if logits else None
+        a, b = seg.predict(emb, prompts, fed), twin.predict(emb, prompts, fed)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=LOGIT_ATOL)
+        assert abs(a.score - b.score) <= LOGIT_ATOL
 
 
 def test_expected_prompt_kinds(backends):

@@ -1,33 +1,37 @@
-"""The fast decoder path (``decoder="onnx"``): equivalence with eager PyTorch on the bundled data
-with the real weights, the graph cache, and the env end to end. No speed assertions: see
-``python -m medseg_env.segmenters.fast_decoder --bench``."""
+"""The ONNX decoder (``decoder="onnx"``, the LiteMedSAM backends' default on the CPU):
+equivalence with eager PyTorch for every prompt structure, the graph cache, the decoder as a
+component of another SAM-family backend, and the env end to end. No speed assertions: see
+``python -m medseg_bench.throughput --decoders``. Every sample of the bundled sets is compared
+in ``test_decoder_identity.py``."""
 
 from __future__ import annotations
 
-import os
+import copy
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from medseg_env import MedSegEnv  # noqa: E402
-from medseg_env import actions as A  # noqa: E402
-from medseg_env.data import Dataset  # noqa: E402
-from medseg_env.files import current_umask  # noqa: E402
-from medseg_env.metrics import dice  # noqa: E402
-from medseg_env.registry import parse_spec  # noqa: E402
-from medseg_env.segmenters import (  # noqa: E402
+from medseg_env import MedSegEnv
+from medseg_env import actions as A
+from medseg_env.data import Dataset
+from medseg_env.metrics import dice
+from medseg_env.registry import UnknownNameError, parse_spec
+from medseg_env.segmenters import (
+    EagerDecoder,
     Embedding,
     EmbeddingCache,
+    OnnxDecoder,
     PredictRequest,
     Prompts,
     make_segmenter,
 )
-from medseg_env.segmenters import fast_decoder as fd  # noqa: E402
+from medseg_env.segmenters import onnx_cache as oc
+from medseg_env.segmenters import onnx_decoder as od
+from medseg_env.segmenters import onnx_graph as og
+from medseg_env.segmenters.onnx_graph import Signature
 
 MIN_DICE = 0.999
 
@@ -41,10 +45,12 @@ def onnx_dir(tmp_path_factory) -> Path:
 def pair(onnx_dir):
     """Eager and ONNX ``litemedsam_clicks`` sharing one embedding cache (the same model_id)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(fd.ONNX_DIR_ENV, str(onnx_dir))
-        eager = make_segmenter("litemedsam_clicks", cache=EmbeddingCache())
-        fast = make_segmenter("litemedsam_clicks", cache=eager.cache, decoder="onnx")
-    assert fast.model_id == eager.model_id and fast.decoder == "onnx"
+        mp.setenv(oc.ONNX_DIR_ENV, str(onnx_dir))
+        eager = make_segmenter("litemedsam_clicks", cache=EmbeddingCache(), decoder="eager")
+        fast = make_segmenter("litemedsam_clicks", cache=eager.cache)  # the default: onnx
+    assert fast.model_id == eager.model_id
+    assert isinstance(fast.decoder, OnnxDecoder) and isinstance(eager.decoder, EagerDecoder)
+    assert fast.runtime == {"device": "cpu", "decoder": "onnx"}
     return eager, fast
 
 
@@ -102,17 +108,17 @@ def test_masks_equal_eager_for_every_prompt_structure(pair, samples):
             worst_logit = max(worst_logit, float((a.logits - b.logits).abs().max()))
             worst_score = max(worst_score, abs(a.score - b.score))
     assert worst_dice >= MIN_DICE
-    assert worst_logit <= fd.LOGIT_ATOL
-    assert worst_score <= fd.LOGIT_ATOL
+    assert worst_logit <= od.LOGIT_ATOL
+    assert worst_score <= od.LOGIT_ATOL
     # the 4 signatures were used: mask input or not, absorbed attention or not
-    assert set(fast.fast_decoder._sessions) == {
-        fd.Signature(m, a) for m in (False, True) for a in (False, True)
-    } - {fd.Signature(False, False)}
+    assert set(fast.decoder._sessions) == {
+        Signature(m, a) for m in (False, True) for a in (False, True)
+    } - {Signature(False, False)}
 
 
 def test_box_only_litemedsam_too(pair, samples, tmp_path, monkeypatch):
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(tmp_path))
-    eager = make_segmenter("litemedsam", cache=EmbeddingCache())
+    monkeypatch.setenv(oc.ONNX_DIR_ENV, str(tmp_path))
+    eager = make_segmenter("litemedsam", cache=EmbeddingCache(), decoder="eager")
     fast = make_segmenter("litemedsam", cache=eager.cache, decoder="onnx")
     # The same image encoder: litemedsam_clicks' embedding, relabelled, saves an encode.
     clicks = pair[0].encode(samples[1].image)
@@ -124,7 +130,7 @@ def test_box_only_litemedsam_too(pair, samples, tmp_path, monkeypatch):
     a2 = eager.predict(embedding, box, a.logits)
     b2 = fast.predict(embedding, box, a.logits)
     assert dice(a2.mask, b2.mask) >= MIN_DICE
-    assert float((a2.logits - b2.logits).abs().max()) <= fd.LOGIT_ATOL
+    assert float((a2.logits - b2.logits).abs().max()) <= od.LOGIT_ATOL
 
 
 def test_predict_batch_and_pickling(pair, samples):
@@ -135,9 +141,9 @@ def test_predict_batch_and_pickling(pair, samples):
     batch = fast.predict_batch([PredictRequest(e, box) for e in embeddings])
     for one, other in zip(singles, batch, strict=True):
         assert np.array_equal(one.mask, other.mask)
-    copy = pickle.loads(pickle.dumps(fast))  # sessions are dropped and made again
-    assert copy.fast_decoder._sessions == {}
-    assert np.array_equal(copy.predict(embeddings[0], box).mask, singles[0].mask)
+    restored = pickle.loads(pickle.dumps(fast))  # sessions are dropped and made again
+    assert restored.decoder._sessions == {}
+    assert np.array_equal(restored.predict(embeddings[0], box).mask, singles[0].mask)
 
 
 @pytest.fixture
@@ -152,123 +158,53 @@ def probe(samples):
     return call
 
 
-@pytest.fixture
-def cached(pair, samples, tmp_path, monkeypatch):
-    """A fresh cache folder (as ``$MEDSEG_ONNX_DIR``) and a segmenter that filled it."""
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(tmp_path))
-    seg = make_segmenter("litemedsam_clicks", cache=pair[0].cache, decoder="onnx")
-    return tmp_path, seg
-
-
-def no_mask_file(seg) -> Path:
-    return seg.fast_decoder.path(fd.Signature(mask_input=False, absorbed=True))
-
-
-def test_second_construction_loads_the_cached_graph(cached, probe):
-    folder, first = cached
-    expected = probe(first)
-    assert (first.fast_decoder.graphs_built, first.fast_decoder.graphs_loaded) == (1, 0)
-    path = no_mask_file(first)
-    assert path.parent == folder and path.name.startswith(first.model_id)
-    assert "nomask-absorbed" in path.name and f"op{fd.OPSET}" in path.name
-    assert [p.name for p in folder.iterdir()] == [path.name]  # no temporary file left
-    second = make_segmenter("litemedsam_clicks", cache=first.cache, decoder="onnx")
+def test_a_second_construction_loads_the_cached_graph(pair, probe, onnx_dir, monkeypatch):
+    expected = probe(pair[1])  # the module's ONNX segmenter wrote its graphs to onnx_dir
+    path = pair[1].decoder.path(Signature(mask_input=False, absorbed=True))
+    assert path.parent == onnx_dir and path.name.startswith(pair[1].model_id)
+    assert "nomask-absorbed" in path.name and f"op{og.OPSET}" in path.name
+    monkeypatch.setenv(oc.ONNX_DIR_ENV, str(onnx_dir))
+    second = make_segmenter("litemedsam_clicks", cache=pair[0].cache)
     assert np.array_equal(probe(second).mask, expected.mask)
-    assert (second.fast_decoder.graphs_built, second.fast_decoder.graphs_loaded) == (0, 1)
+    assert (second.decoder.graphs_built, second.decoder.graphs_loaded) == (0, 1)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "bit-flip", "other key"])
-def test_a_damaged_cached_graph_is_rebuilt(cached, probe, damage):
-    folder, first = cached
-    expected = probe(first)
-    path = no_mask_file(first)
-    data = path.read_bytes()
-    if damage == "garbage":
-        path.write_bytes(b"not an onnx file" * 100)
-    elif damage == "truncated":
-        path.write_bytes(data[: len(data) // 2])
-    elif damage == "empty":
-        path.write_bytes(b"")
-    elif damage == "bit-flip":  # a weight deep in the file: only the digest can tell
-        flipped = bytearray(data)
-        flipped[len(data) // 2] ^= 0x10
-        path.write_bytes(bytes(flipped))
-    else:  # a valid graph written for another signature
-        other = first.fast_decoder.path(fd.Signature(mask_input=True, absorbed=True))
-        first.fast_decoder.session(fd.Signature(mask_input=True, absorbed=True))
-        path.write_bytes(other.read_bytes())
-    second = make_segmenter("litemedsam_clicks", cache=first.cache, decoder="onnx")
-    assert np.array_equal(probe(second).mask, expected.mask)
-    assert (second.fast_decoder.graphs_built, second.fast_decoder.graphs_loaded) == (1, 0)
-    assert path.read_bytes() == data  # rewritten whole
-    third = make_segmenter("litemedsam_clicks", cache=first.cache, decoder="onnx")
-    probe(third)
-    assert third.fast_decoder.graphs_loaded == 1
-
-
-def test_the_write_is_atomic(pair, probe, tmp_path, monkeypatch):
-    """A write that fails midway leaves no file (not a partial one) and no temporary file; the
-    segmenter still works, from the graph in memory, and says where it could not write."""
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(tmp_path))
-    replaced = []
-    real_replace = os.replace
-
-    def failing_fsync(fd_: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    def spying_replace(src, dst):
-        replaced.append((Path(src), Path(dst), Path(src).stat().st_size))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fd.os, "fsync", failing_fsync)
-    seg = make_segmenter("litemedsam_clicks", cache=pair[0].cache, decoder="onnx")
-    with pytest.warns(UserWarning, match="could not write the decoder graph"):
-        result = probe(seg)
-    assert result.mask.any()
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.undo()
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(fd.os, "replace", spying_replace)
-    seg = make_segmenter("litemedsam_clicks", cache=pair[0].cache, decoder="onnx")
-    probe(seg)
-    [(src, dst, size)] = replaced  # written under a temporary name, then renamed whole
-    assert src.parent == dst.parent == tmp_path and src != dst
-    assert dst == no_mask_file(seg) and size == dst.stat().st_size
-    assert dst.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # as the embedding cache
-    assert [p.name for p in tmp_path.iterdir()] == [dst.name]
-
-
-def test_an_unwritable_folder_only_warns(pair, probe, tmp_path, monkeypatch):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(blocker / "onnx"))
-    seg = make_segmenter("litemedsam_clicks", cache=pair[0].cache, decoder="onnx")
-    with pytest.warns(UserWarning, match=fd.ONNX_DIR_ENV):
-        assert probe(seg).mask.any()
-
-
-def test_default_folder_is_under_the_user_cache(monkeypatch, tmp_path):
-    monkeypatch.delenv(fd.ONNX_DIR_ENV, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert fd.onnx_cache_dir() == tmp_path / "medseg-env" / "onnx"
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, "~/x")
-    assert fd.onnx_cache_dir() == Path.home() / "x"
-
-
-def test_option_errors(pair):
+def test_option_errors_and_switching(pair):
     eager, _ = pair
-    with pytest.raises(ValueError, match=r"decoder must be one of \['eager', 'onnx'\]"):
+    with pytest.raises(UnknownNameError, match=r"litemedsam_clicks: .*unknown decoder 'tensorrt'"):
         make_segmenter("litemedsam_clicks", decoder="tensorrt")
-    import torch
-
-    seg = make_segmenter("litemedsam_clicks", cache=eager.cache)
+    seg = make_segmenter("litemedsam_clicks", cache=eager.cache, decoder="eager")
     seg.device = torch.device("cuda")  # as a CUDA segmenter would be
     with pytest.raises(ValueError, match="runs on the CPU"):
         seg.use_decoder("onnx")
+    seg.use_decoder("auto")  # off the CPU: eager
+    assert seg.decoder.kind == "eager"
     seg.device = torch.device("cpu")
-    seg.use_decoder("onnx")
-    seg.use_decoder("eager")
-    assert seg.fast_decoder is None and seg.decoder == "eager"
+    seg.use_decoder("auto")
+    assert seg.decoder.kind == "onnx" and seg.runtime["decoder"] == "onnx"
+    seg.use_decoder(eager.decoder)  # an instance is taken as it is
+    assert seg.decoder is eager.decoder
+
+
+def test_a_graph_is_rebuilt_when_the_weights_change(pair, samples, tmp_path):
+    """Training the modules in place (here: one weight changed) reaches the ONNX path too."""
+    eager, _ = pair
+    prompt_encoder = copy.deepcopy(eager.prompt_encoder)
+    mask_decoder = copy.deepcopy(eager.mask_decoder)
+    cache = oc.GraphCache(tmp_path)
+    fast = OnnxDecoder(prompt_encoder, mask_decoder, model_id="t", cache=cache)
+    slow = EagerDecoder(prompt_encoder, mask_decoder, model_id="t", device=torch.device("cpu"))
+    embedding = eager.encode(samples[1].image)
+    box = Prompts().with_box(np.array([20, 20, 90, 80], np.float32))
+    inputs = eager.decoder_inputs(PredictRequest(embedding, box))
+    before = fast.decode(embedding.features, inputs).logits
+    with torch.no_grad():
+        mask_decoder.iou_token.weight.mul_(3.0)  # as an optimiser step would, in place
+    after = fast.decode(embedding.features, inputs)
+    reference = slow.decode(embedding.features, inputs)
+    assert fast.graphs_built == 2 and len(list(tmp_path.iterdir())) == 2
+    assert float((after.logits - before).abs().max()) > 10 * od.LOGIT_ATOL
+    assert float((after.logits - reference.logits).abs().max()) <= od.LOGIT_ATOL
 
 
 def test_the_bench_spec_builds_it():
@@ -280,11 +216,11 @@ def test_env_end_to_end_matches_eager(pair, samples, onnx_dir, monkeypatch):
     """The env with segmenter_kwargs={"decoder": "onnx"} plays the same episode as eager."""
     import gymnasium as gym
 
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(onnx_dir))
+    monkeypatch.setenv(oc.ONNX_DIR_ENV, str(onnx_dir))
     data = Dataset([samples[0]], name="one-ct")
     options = {"decoder": "onnx", "cache": pair[0].cache}  # the cache: no second encode
     env = gym.make("MedSeg-v0", dataset=data, segmenter_kwargs=options, max_turns=4)
-    assert env.unwrapped.segmenter.decoder == "onnx"
+    assert env.unwrapped.segmenter.decoder.kind == "onnx"
     reference = MedSegEnv(dataset=data, segmenter=pair[0], max_turns=4)
     rewards = []
     for e in (env, reference):
@@ -308,11 +244,3 @@ def test_env_end_to_end_matches_eager(pair, samples, onnx_dir, monkeypatch):
         assert a.any() and dice(a, b) >= MIN_DICE
     assert np.allclose(fast_rewards, eager_rewards, atol=1e-3)
     env.close()
-
-
-def test_the_bench_reports_both_paths(pair, onnx_dir, monkeypatch):
-    monkeypatch.setenv(fd.ONNX_DIR_ENV, str(onnx_dir))
-    result = fd.bench(repeats=1, warmup=0, cache=pair[0].cache)
-    for key in ("eager_box_ms", "onnx_box_ms", "eager_click_ms", "onnx_click_ms"):
-        assert result[key] > 0
-    assert result["max_logit_diff"] <= fd.LOGIT_ATOL
