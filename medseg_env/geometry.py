@@ -225,6 +225,74 @@ def box_edges_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.array(pixel_box_edges(box), np.float32)
 
 
+def jittered_box(
+    mask: np.ndarray,
+    rng: np.random.Generator | None = None,
+    jitter_px: float = 0,
+    jitter_frac: float = 0.0,
+    min_side: float = 1,
+    *,
+    outward: bool = False,
+) -> PixelBox:
+    """The tight box of a non-empty mask with each side shifted at random: a simulated user's
+    box, the one implementation the oracle policies, the benchmarks and training draw from.
+
+    Args:
+        mask: ``(H, W)`` non-empty mask.
+        rng: random generator; may be None only when there is no jitter. Always 4 draws (one
+            per side) when given, so the stream does not depend on the mask.
+        jitter_px: maximum shift of each side, in pixels.
+        jitter_frac: maximum shift of each side, as a fraction of the box height (top and
+            bottom sides) or width (left and right). Combined with ``jitter_px`` by addition.
+        min_side: the box is widened (centred, inside the image) to at least this many pixels
+            per side, e.g. the env's ``min_box_size`` so that a tiny target still gets a valid
+            box.
+        outward: shift each side only outwards (the box always holds the whole mask).
+
+    Returns:
+        ``(r0, c0, r1, c1)`` inclusive pixel indices: the tight box (``box_from_mask``) when
+        there is no jitter; otherwise each side moves by an integer drawn uniformly from
+        ``[-m, m]`` (``[0, m]`` outwards with ``outward``), ``m = floor(jitter_px + jitter_frac
+        * side length)``, then the box is clipped to the image and its corners sorted (a large
+        jitter can cross them).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    bbox = box_from_mask(mask)
+    if bbox is None:
+        raise ValueError("jittered_box needs a non-empty mask")
+    if jitter_px < 0 or jitter_frac < 0:
+        raise ValueError(f"jitter must be >= 0; got jitter_px={jitter_px}, frac={jitter_frac}")
+    r0, c0, r1, c1 = bbox
+    height, width = mask.shape
+    if rng is not None:
+        m_r = int(np.floor(jitter_px + jitter_frac * (r1 - r0 + 1)))
+        m_c = int(np.floor(jitter_px + jitter_frac * (c1 - c0 + 1)))
+        m = np.array([m_r, m_c, m_r, m_c])
+        if outward:
+            shift = rng.integers(0, m, endpoint=True) * np.array([-1, -1, 1, 1])
+        else:
+            shift = rng.integers(-m, m, endpoint=True)
+        r0, c0, r1, c1 = (int(v) for v in np.array([r0, c0, r1, c1]) + shift)
+        r0, r1 = sorted((min(max(r0, 0), height - 1), min(max(r1, 0), height - 1)))
+        c0, c1 = sorted((min(max(c0, 0), width - 1), min(max(c1, 0), width - 1)))
+    elif jitter_px or jitter_frac:
+        raise ValueError("jittered_box needs an rng to jitter")
+    need = int(np.ceil(min_side))
+    r0, r1 = _grow_span(r0, r1, need, height)
+    c0, c1 = _grow_span(c0, c1, need, width)
+    return r0, c0, r1, c1
+
+
+def _grow_span(lo: int, hi: int, need: int, limit: int) -> tuple[int, int]:
+    """Widen the inclusive span ``lo..hi`` to ``need`` pixels, centred, kept in ``0..limit-1``."""
+    deficit = need - (hi - lo + 1)
+    if deficit <= 0:
+        return lo, hi
+    lo, hi = lo - deficit // 2, hi + deficit - deficit // 2
+    shift = max(0, -lo) - max(0, hi - (limit - 1))  # slide back inside the image
+    return max(0, lo + shift), min(limit - 1, hi + shift)
+
+
 def padded_distance(region: np.ndarray) -> np.ndarray:
     """Euclidean distance (pixels) of each pixel of ``region`` to the nearest pixel outside it.
 

@@ -10,11 +10,11 @@ from medseg_testing import StubEnv, StubOracle
 
 from medseg_agents import HybridExpert, OracleBox
 from medseg_agents.oracle import hybrid_click
-from medseg_agents.simulation import jittered_box, oracle_box_action
+from medseg_agents.simulation import oracle_box_action
 from medseg_env import actions
 from medseg_env.data import Dataset, Sample
 from medseg_env.env import MedSegEnv
-from medseg_env.geometry import box_from_mask
+from medseg_env.geometry import box_from_mask, jittered_box
 from medseg_env.metrics import iou
 from medseg_env.segmenters import Embedding, EmbeddingCache, Prediction, Prompts, Segmenter
 
@@ -63,6 +63,14 @@ def test_jitter_stays_within_its_bound_and_reaches_it(px, frac):
     bound = np.array([m_r, m_c, m_r, m_c])
     assert np.all(np.abs(shifts) <= bound)
     assert np.all(shifts.max(axis=0) == bound) and np.all(shifts.min(axis=0) == -bound)
+
+
+def test_outward_jitter_only_grows_the_box():
+    gt = square(10, 10, 29, 24)
+    boxes = [jittered_box(gt, np.random.default_rng(s), 2, outward=True) for s in range(200)]
+    # every side moved out (>= 0), so the box holds the whole target
+    outward = np.subtract(boxes, (10, 10, 29, 24)) * np.array([-1, -1, 1, 1])
+    assert outward.min() == 0 and outward.max() == 2 and np.all(outward.max(axis=0) == 2)
 
 
 def test_jitter_is_clipped_to_the_image_and_seeded():
