@@ -19,16 +19,21 @@ bound is not exercised; the meta line says how many embeddings the bound holds.
 
 Memory is not timing-sensitive, so a busy machine does not change the figures, only the wall
 time. Nothing is written unless ``--json`` or ``--csv`` names a file.
+
+The probes here (:func:`rss_bytes`, :func:`peak_rss_bytes`, :class:`PeakMemory`) are the
+project's one way to read the process's memory; ``medseg_bench.throughput_table`` measures its
+peak-memory column with :class:`PeakMemory`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
+import ctypes.util
 import gc
 import hashlib
 import json
-import os
 import platform
 import resource
 import sys
@@ -51,31 +56,128 @@ from medseg_env.env import MedSegEnv
 from medseg_env.segmenters import EmbeddingCache
 
 from .config import stable_int
-from .throughput import RANDOM_INIT
 
 MIB = 1024**2
 
 
+RANDOM_INIT = {
+    "sam": {"allow_random_init": True},
+    "medsam": {"allow_random_init": True},
+    "sam2": {"allow_random_init": True},
+    "medsam2": {"allow_random_init": True},
+}
+"""Options of the backends without shipped weights, for the memory and throughput benchmarks:
+random-initialised models of their real architecture, the same layers at the same input size,
+so the same memory and speed (never their masks)."""
+
+
+# --- the process's memory: one set of probes, also behind throughput's peak-memory column ---
+
+
+def _status_kib(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), or None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def rss_bytes() -> int | None:
-    """The process's resident set size now, in bytes (psutil when installed, else
-    ``/proc/self/statm``); None where neither is available."""
+    """The process's resident set size now, in bytes: ``VmRSS`` of ``/proc/self/status``
+    (Linux), else psutil when installed; None where neither is available."""
+    kib = _status_kib("VmRSS")
+    if kib is not None:
+        return kib * 1024
     try:
         import psutil  # type: ignore[import-untyped]  # optional, and ships no types
     except ImportError:
-        pass
-    else:
-        return int(psutil.Process().memory_info().rss)
-    try:
-        with open("/proc/self/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
         return None
+    return int(psutil.Process().memory_info().rss)
+
+
+def rss_source() -> str | None:
+    """Where :func:`rss_bytes` reads from here."""
+    if _status_kib("VmRSS") is not None:
+        return "/proc/self/status"
+    try:
+        import psutil  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return None
+    return "psutil"
 
 
 def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far, in bytes (``getrusage``)."""
+    """The process's peak resident set size, in bytes: ``VmHWM`` (Linux; since the process
+    started, or since the last :meth:`PeakMemory.start`, which resets it), else
+    ``getrusage``'s maximum."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+class PeakMemory:
+    """Peak memory of a stretch of work, measured in this process.
+
+    RSS: the peak resident set (``VmHWM``) during the work minus the resident set at its start,
+    in MiB. Before the start, garbage is collected, freed heap memory is handed back to the
+    OS (glibc's ``malloc_trim``) and the peak is reset to the current RSS (``5`` written to
+    ``/proc/self/clear_refs``, Linux >= 4.0), so the work's allocations count even where
+    they reuse memory freed earlier. What is resident before the start (the models, cached
+    embeddings, an ONNX Runtime session's arena once warm) is not counted: it is the work's
+    own memory, not the process's. None where the OS or C library lacks these.
+
+    GPU (CUDA only): ``torch.cuda.max_memory_allocated`` during the work minus
+    ``memory_allocated`` at its start, in MiB.
+    """
+
+    def __init__(self, cuda: bool = False) -> None:
+        self.cuda = cuda
+        self._trim: Callable[[int], int] | None = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            self._trim = libc.malloc_trim
+        except (OSError, AttributeError):
+            pass
+        self.rss_available = self._trim is not None and self._reset_peak()
+        self._rss0 = 0
+        self._gpu0 = 0
+
+    @staticmethod
+    def _reset_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+                handle.write("5")
+        except OSError:
+            return False
+        return _status_kib("VmHWM") is not None
+
+    def start(self) -> None:
+        gc.collect()
+        if self.rss_available:
+            assert self._trim is not None
+            self._trim(0)
+            self._reset_peak()
+            self._rss0 = rss_bytes() or 0
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._gpu0 = torch.cuda.memory_allocated()
+
+    def stop(self) -> tuple[float | None, float | None]:
+        """``(peak RSS MiB, peak GPU MiB)`` since :meth:`start`; None where not measured."""
+        rss = gpu = None
+        if self.rss_available:
+            rss = max(0, peak_rss_bytes() - self._rss0) / MIB
+        if self.cuda:
+            torch.cuda.synchronize()
+            gpu = max(0, torch.cuda.max_memory_allocated() - self._gpu0) / 1024**2
+        return rss, gpu
 
 
 @dataclass(frozen=True)
@@ -221,7 +323,7 @@ def run(
         "wall_s": rows[-1].seconds,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "rss_source": "psutil" if _has_psutil() else "/proc/self/statm",
+        "rss_source": rss_source(),
     }
     return MemoryRun(rows, meta)
 
@@ -270,14 +372,6 @@ def measure(
         cache_hits=cache.hits,
         cache_misses=cache.misses,
     )
-
-
-def _has_psutil() -> bool:
-    try:
-        import psutil  # type: ignore[import-untyped]  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def growth(rows: Sequence[Checkpoint], first: int, last: int) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""``python -m medseg_bench.throughput --backends``: the table's rows, not its speeds (timings
-belong to the benchmark, never to a timed test)."""
+"""``python -m medseg_bench.throughput --backends`` and ``--decoders``: the rows, not the
+speeds (timings belong to the benchmark, never to a timed test)."""
 
 from __future__ import annotations
 
 import itertools
 
 from medseg_bench import throughput
+from medseg_env.segmenters.onnx_decoder import LOGIT_ATOL
 
 
 def test_interleaved_ms_times_the_calls_round_robin() -> None:
@@ -25,3 +26,17 @@ def test_backend_table_rows() -> None:
     for row, key in itertools.product(rows, ("encode_ms", "box_ms")):
         assert isinstance(row[key], float) and row[key] > 0
     assert isinstance(by_name["classical"]["click_ms"], float)
+
+
+def test_backend_table_names_each_backends_decoder() -> None:
+    rows = throughput.backend_table(1, ["classical", "litemedsam_clicks"], encode_repeats=1)
+    assert [r["decoder"] for r in rows] == [None, "onnx"]  # onnx: the default on the CPU
+
+
+def test_decoder_bench_times_both_decoders(capsys) -> None:
+    result = throughput.decoder_bench(repeats=1, warmup=0)
+    for key in ("eager_box_ms", "onnx_box_ms", "eager_click_ms", "onnx_click_ms"):
+        assert result[key] > 0
+    assert result["max_logit_diff"] <= LOGIT_ATOL
+    throughput.print_decoder_bench("litemedsam_clicks", 1, result)
+    assert "| box |" in capsys.readouterr().out

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_bench import throughput
+from medseg_bench import memory, throughput
+from medseg_bench import throughput_table as tt
 from medseg_env import actions as A
 from medseg_env.geometry import letterbox
 
@@ -27,7 +28,7 @@ TURNS = 2
 
 @pytest.fixture(scope="module")
 def table() -> dict:
-    return throughput.throughput_table(["classical"], envs=ENVS, steps=STEPS, turns=TURNS)
+    return tt.throughput_table(["classical"], envs=ENVS, steps=STEPS, turns=TURNS)
 
 
 def by_config(table: dict) -> dict[tuple, dict]:
@@ -40,11 +41,10 @@ def by_config(table: dict) -> dict[tuple, dict]:
 def test_one_row_per_configuration(table: dict) -> None:
     forms = [("bare", 1), ("env", 1), *[("vector", n) for n in ENVS]]
     expected = {
-        (mode, "eager", form, n)
-        for mode, (form, n) in itertools.product(throughput.EMBEDDINGS, forms)
+        (mode, "eager", form, n) for mode, (form, n) in itertools.product(tt.EMBEDDINGS, forms)
     }
     assert set(by_config(table)) == expected  # classical has no fast decoder: eager only
-    assert all(set(r) == set(throughput.TABLE_FIELDS) for r in table["rows"])
+    assert all(set(r) == set(tt.TABLE_FIELDS) for r in table["rows"])
     assert table["meta"]["device"] == "cpu" and table["meta"]["cores"] >= 1
     assert table["meta"]["steps"] == STEPS and table["meta"]["envs"] == list(ENVS)
 
@@ -86,7 +86,7 @@ def test_rates_and_ratios_follow_from_the_times(table: dict) -> None:
 
 
 def test_markdown_names_the_machine_and_has_every_row(table: dict) -> None:
-    text = throughput.table_markdown(table)
+    text = tt.table_markdown(table)
     lines = text.splitlines()
     assert lines[0].startswith("Machine: ") and "device cpu" in lines[0]
     assert f"torch {torch.__version__}" in lines[0]
@@ -99,7 +99,7 @@ def test_markdown_names_the_machine_and_has_every_row(table: dict) -> None:
 def test_oracle_prompts_box_then_clicks_on_the_target(demo) -> None:
     index = 5
     _, target, _ = letterbox(demo[index], 256)
-    policy = throughput.OraclePrompts(demo, 256, 4, frozenset({"box", "point"}), seed=3)
+    policy = tt.OraclePrompts(demo, 256, 4, frozenset({"box", "point"}), seed=3)
     plan = [policy(index, turn) for turn in range(4)]
     kinds = [A.ActionKind(a["kind"]) for a in plan]
     assert kinds[0] == A.ActionKind.BOX and A.ActionKind.BOX not in kinds[1:]
@@ -110,22 +110,22 @@ def test_oracle_prompts_box_then_clicks_on_the_target(demo) -> None:
     assert A.ActionKind(first["kind"]) == A.ActionKind.POSITIVE_CLICK
     col, row = (first["point"] * 256).astype(int)
     assert target[row, col]
-    again = throughput.OraclePrompts(demo, 256, 4, frozenset({"box", "point"}), seed=3)
+    again = tt.OraclePrompts(demo, 256, 4, frozenset({"box", "point"}), seed=3)
     assert all(np.array_equal(again(index, t)["point"], plan[t]["point"]) for t in range(4))
-    boxes = throughput.OraclePrompts(demo, 256, 3, frozenset({"box"}))
+    boxes = tt.OraclePrompts(demo, 256, 3, frozenset({"box"}))
     assert all(boxes(index, t)["kind"] == A.ActionKind.BOX for t in range(3))
 
 
-def test_decoder_rows_where_the_fast_path_runs() -> None:
-    pytest.importorskip("onnxruntime")
-    assert throughput._decoders("classical", "cpu") == (["eager"], [])
-    assert throughput._decoders("litemedsam_clicks", "cpu") == (["eager", "onnx"], [])
-    decoders, notes = throughput._decoders("litemedsam_clicks", "cuda")
+def test_decoder_rows_where_the_onnx_decoder_runs() -> None:
+    assert tt._decoders("classical", "cpu") == (["eager"], [])
+    assert tt._decoders("litemedsam_clicks", "cpu") == (["eager", "onnx"], [])
+    assert tt._decoders("sam", "cpu") == (["eager", "onnx"], [])  # any SAM-family backend
+    decoders, notes = tt._decoders("litemedsam_clicks", "cuda")
     assert decoders == ["eager"] and "CPU only" in notes[0]
 
 
 def test_peak_memory_counts_the_stretch_only() -> None:
-    probe = throughput.PeakMemory()
+    probe = memory.PeakMemory()
     if not probe.rss_available:
         pytest.skip("needs Linux's /proc/self/clear_refs and glibc's malloc_trim")
     big = np.ones(128 * 2**20, np.uint8)  # raises the process's peak, then is freed
@@ -160,7 +160,7 @@ def test_cli_writes_files_only_where_asked(tmp_path, capsys) -> None:
     assert all(r["peak_rss_mib"] is None for r in saved["rows"])  # --no-memory
     with open(out / "t.csv", newline="") as handle:
         reader = csv.DictReader(handle)
-        assert tuple(reader.fieldnames or ()) == throughput.TABLE_FIELDS
+        assert tuple(reader.fieldnames or ()) == tt.TABLE_FIELDS
         assert [r["form"] for r in reader] == [r["form"] for r in saved["rows"]]
 
 
