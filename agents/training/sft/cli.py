@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from medseg_env.env import PROMPTING_MODES
+from medseg_env.prompting import prompting_rule_names
 from medseg_env.text import registered_protocols
 
 from .config import SPLIT_BY, SPLITS, ExportConfig, ReplayCheckError, parse_mix
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--segmenter", default=d.segmenter, help=f"(default {d.segmenter})")
     p.add_argument(
         "--prompting",
-        choices=PROMPTING_MODES,
+        choices=prompting_rule_names(),
         default=d.prompting,
         help="the env's segmenter call (default: the protocol's own)",
     )

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from medseg_env.data import split
-from medseg_env.env import PROMPTING_MODES, default_config
+from medseg_env.env import default_config
+from medseg_env.prompting import prompting_rule_names
 from medseg_env.registry import parse_spec
 from medseg_env.segmenters import SEGMENTERS
 from medseg_env.text import registered_protocols
@@ -97,9 +98,9 @@ class ExportConfig:
             raise ExportError(
                 f"unknown protocol {self.protocol!r}; known: {registered_protocols()}"
             )
-        if self.prompting and self.prompting not in PROMPTING_MODES:
+        if self.prompting and self.prompting not in prompting_rule_names():
             raise ExportError(
-                f"prompting must be one of {list(PROMPTING_MODES)}; got {self.prompting!r}"
+                f"prompting must be one of {prompting_rule_names()}; got {self.prompting!r}"
             )
         check_segmenter_spec(self.segmenter)
         try:

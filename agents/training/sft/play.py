@@ -1,16 +1,16 @@
 """Playing one expert trajectory through the text env: its journal entry and its images.
 
 The expert is ``HybridExpert`` in one of MedSAM-Agent's two styles (``box``: a jittered box,
-then corrective clicks; ``click``: clicks only). Its progress check previews the action the
-reply text gives back (the expert's action rendered in the protocol's grid, parsed and mapped
-to the canvas again), so the kept action is the one the model will learn.
+then corrective clicks; ``click``: clicks only), handed the text env itself: its oracle
+(``MedSegTextEnv.oracle``) previews the action the reply text gives back (the expert's action
+rendered in the protocol's grid, parsed and mapped to the canvas again), so the progress check
+holds for the action the model will learn.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-import gymnasium as gym
 import numpy as np
 from PIL import Image
 
@@ -18,64 +18,13 @@ from medseg_agents.oracle import HybridExpert
 from medseg_env import actions as A
 from medseg_env.data import Dataset
 from medseg_env.env import MedSegEnv
-from medseg_env.oracle import Oracle
 from medseg_env.segmenters import shared_segmenter
-from medseg_env.segmenters.types import PromptKind, Prompts
 from medseg_env.text import get_protocol
 from medseg_env.wrappers.text_env import MedSegTextEnv, make_text_env
 
 from .config import ExportConfig
 from .format import encode_mask, serialize
 from .plan import TrajectorySpec
-
-
-class _ReplyOracle:
-    """The env's oracle, whose ``preview`` runs the action the reply text gives back.
-
-    The expert's action goes through the protocol's grid (render, parse, back to the canvas)
-    before its progress is measured, so the progress check holds for what the model learns.
-    """
-
-    def __init__(self, env: MedSegTextEnv) -> None:
-        self._env = env
-        self._oracle: Oracle = cast(MedSegEnv, env.unwrapped).oracle
-
-    @property
-    def ground_truth(self) -> np.ndarray:
-        return self._oracle.ground_truth
-
-    @property
-    def prompts(self) -> Prompts:
-        return self._oracle.prompts
-
-    @property
-    def obs_size(self) -> int:
-        return self._oracle.obs_size
-
-    @property
-    def min_box_size(self) -> float:
-        return self._oracle.min_box_size
-
-    def supports(self, kind: PromptKind) -> bool:
-        return self._oracle.supports(kind)
-
-    def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
-        parsed = self._env.parse(self._env.render_action(action))
-        if parsed.call is None:
-            return self._oracle.preview(A.stop())[0], f"reply not parsed: {parsed.error}"
-        return self._oracle.preview(self._env.to_action(parsed.call))
-
-
-class _ExpertView(gym.Wrapper):
-    """What the expert is handed as its env: the text env, with the reply-quantised oracle."""
-
-    def __init__(self, env: MedSegTextEnv) -> None:
-        super().__init__(env)
-        self._reply_oracle = _ReplyOracle(env)
-
-    @property
-    def oracle(self) -> _ReplyOracle:
-        return self._reply_oracle
 
 
 def make_expert(config: ExportConfig, style: str) -> HybridExpert:
@@ -127,7 +76,6 @@ def play(
     first prompt, or whose action the env refuses, is ``skipped`` (the entry says why).
     """
     base = cast(MedSegEnv, env.unwrapped)
-    view = _ExpertView(env)
     expert.seed(spec.seed)
     messages, info = env.reset(seed=spec.seed, options={"sample_index": spec.sample_index})
     entry = _sample_fields(dataset, spec)
@@ -141,7 +89,7 @@ def play(
         else:
             mask = base.current_mask
             obs = {"mask": (mask[..., None] * np.uint8(255)).astype(np.uint8)}
-            action = expert.act(obs, info, view)
+            action = expert.act(obs, info, env)
         is_stop = A.validate(action)[0] == A.ActionKind.STOP
         if is_stop and int(info.get("num_prompts", 0)) == 0:
             entry.update(skipped="the expert found no first prompt that makes progress", turns=[])
