@@ -49,6 +49,7 @@ from torch import nn
 from medseg_env import actions as A
 from medseg_env.data import Dataset
 from medseg_env.env import MedSegEnv
+from medseg_env.files import atomic_write
 from medseg_env.wrappers.sb3_actions import MultiDiscreteActions, grid_action
 
 from .base import Info, Observation, Policy
@@ -240,13 +241,10 @@ def build_policy(spec: AgentSpec) -> ActorCriticCnnPolicy:
 def save_policy(policy: ActorCriticCnnPolicy, spec: AgentSpec, folder: Path, **meta: Any) -> None:
     """Write ``policy.safetensors`` and ``policy.json`` into ``folder`` (atomically each)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "policy.safetensors.tmp"
-    save_model(policy, str(tmp))  # shared feature-extractor weights are stored once
-    tmp.replace(folder / "policy.safetensors")
+    # shared feature-extractor weights are stored once
+    atomic_write(folder / "policy.safetensors", lambda tmp: save_model(policy, str(tmp)))
     info = {"format": FORMAT, "spec": asdict(spec), **meta}
-    tmp = folder / "policy.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(folder / "policy.json")
+    atomic_write(folder / "policy.json", json.dumps(info, indent=2) + "\n")
 
 
 def load_policy(path: str | Path) -> tuple[ActorCriticCnnPolicy, AgentSpec, dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import time
@@ -31,6 +32,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from medseg_env.data import Dataset, load_dataset, refuse_heldout
 from medseg_env.data.split import group_split
+from medseg_env.files import atomic_write
 from medseg_env.rewards import PRESETS
 
 from ..ppo import AgentSpec, SpatialPolicy, make_env, save_policy
@@ -185,12 +187,11 @@ class CurveCallback(BaseCallback):
 
 
 def write_curve(rows: list[dict[str, float]], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, CurveCallback.COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, CurveCallback.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
 
 
 def plot_curve(rows: list[dict[str, float]], path: Path, baseline: float | None = None) -> None:
@@ -276,7 +277,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "config": {k: v for k, v in asdict(config).items() if k != "spec"},
         "spec": asdict(spec),
     }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(folder / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
