@@ -26,11 +26,12 @@ import numpy as np
 from gymnasium import spaces
 
 from . import actions as A
+from . import geometry
 from .data import Dataset, Sample, load_dataset
-from .geometry import innermost_pixel, letterbox, pixel_center, to_pixels
+from .geometry import innermost_pixel, pixel_center, to_pixels, user_point
 from .metrics import dice_iou
 from .oracle import Oracle
-from .prompting import PromptingRule, make_prompting_rule, prompting_rule_names
+from .prompting import PromptingRule, make_prompting_rule
 from .registry import UnknownNameError
 from .render import hint_map, overlay, prompt_map
 from .rewards import REJECTED, Reward, StepContext
@@ -98,10 +99,16 @@ def default_config() -> dict[str, Any]:
       prompting rule (``medseg_env.prompting``): ``"accumulate"`` (every prompt so far, the
       previous logits on click turns), ``"medsam_agent_eval"`` and ``"medsam_agent_rl"``
       (MedSAM-Agent's evaluation and training calls), or one a plug-in registers.
-    - ``target_hint``: ``True`` adds the ``hint`` key to the observation and ``target_hint`` to
-      ``info``: the target's innermost pixel, where a user points to say which structure to
+    - ``target_hint``: ``True`` (the default) puts the ``hint`` key in the observation and
+      ``target_hint`` in ``info``: the point where a user points to say which structure to
       segment. Without it a policy that sees only the image cannot tell which of many similar
-      objects (one nucleus among dozens) the episode is about; oracle policies do not need it.
+      objects (one nucleus among dozens) the episode is about, so the task is ill-posed for
+      it; ``False`` gives the observation without the key (oracle policies do not need it).
+    - ``hint_noise``: where the user points. ``0`` (the default): the target's innermost
+      pixel. Above 0: a realistic, off-centre point drawn per episode from the env's random
+      generator, the innermost pixel plus a Gaussian offset of ``hint_noise`` times the
+      target's equivalent radius, kept inside the target (``medseg_env.geometry.user_point``).
+      A finite real number >= 0; it needs ``target_hint=True``.
 
     Integers are not truncated from floats (``64.0`` is refused), and ``bool`` is no number here.
     """
@@ -114,7 +121,8 @@ def default_config() -> dict[str, Any]:
         "reward": "dice_gain",
         "min_box_size": 2.0,
         "prompting": "accumulate",
-        "target_hint": False,
+        "target_hint": True,
+        "hint_noise": 0.0,
     }
 
 
@@ -126,8 +134,9 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         - ``mask``: ``(S, S, 1)`` uint8 in {0, 255}, the current mask (empty at reset).
         - ``prompts``: ``(S, S, 3)`` uint8 in {0, 255}: positive clicks, negative clicks, box.
         - ``turn``: ``(1,)`` int64, actions taken so far.
-        - ``hint`` (only with ``target_hint=True``): ``(S, S, 1)`` uint8 in {0, 255}, a disk
-          on the target's innermost pixel, drawn as a click of ``prompts`` is.
+        - ``hint`` (with ``target_hint=True``, the default): ``(S, S, 1)`` uint8 in {0, 255},
+          a disk on the hinted pixel (the target's innermost pixel, or the noisy user point of
+          ``hint_noise``), drawn as a click of ``prompts`` is.
 
     Action (``Dict``, see ``medseg_env.actions``): ``kind`` (0 stop, 1 positive click,
     2 negative click, 3 box), ``point`` ``(x, y)`` and ``box`` ``(x0, y0, x1, y1)`` in [0, 1]
@@ -206,6 +215,8 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             )
         self.target_hint = bool(config["target_hint"])
         config["target_hint"] = self.target_hint
+        self.hint_noise = _check_hint_noise(config["hint_noise"], self.target_hint)
+        config["hint_noise"] = self.hint_noise
         config.update(obs_size=size, max_turns=max_turns, min_box_size=min_box_size)
         self.config = config
         self.render_mode = render_mode
@@ -233,7 +244,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             OrderedDict()
         )
         self._framed_bytes = 0
-        self._hints: dict[int, tuple[int, int]] = {}  # sample index -> innermost (row, col)
+        self._innermost: dict[int, tuple[int, int]] = {}  # sample index -> (row, col)
         self._sample_index = -1
         self._done = True
         self._episode_count = 0  # episodes started; with the turn, tells a stale StepPlan
@@ -336,8 +347,9 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             if index is None:
                 index = int(self.np_random.integers(len(self.dataset)))
             image, gt, spacing = self._frame(index)
+            hint = self._draw_hint(index, gt)
             embedding = self.segmenter.encode(image)
-            self._start_episode(index, image, gt, spacing, embedding)
+            self._start_episode(index, image, gt, spacing, embedding, hint)
             result = self._obs(), self._info(None, {})
         except BaseException as exc:
             _restore_rng(self, rng)
@@ -354,8 +366,10 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         gt: np.ndarray,
         spacing: tuple[float, float],
         embedding: Embedding,
+        hint: tuple[int, int] | None = None,
     ) -> None:
         """Commit a new episode whose parts have all been built (the last step of ``reset``)."""
+        self._hint = hint
         mask = _frozen_copy(np.zeros_like(gt))
         dice, iou = dice_iou(mask, gt)
         self._sample_index = index
@@ -613,16 +627,23 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             "prompts": prompt_map(self._mask.shape, p.points, p.labels, p.box),
             "turn": np.array([self._turn], np.int64),
         }
-        if self.target_hint:
-            obs["hint"] = hint_map(self._mask.shape, *self._hint_pixel())
+        if self._hint is not None:
+            obs["hint"] = hint_map(self._mask.shape, *self._hint)
         return obs
 
-    def _hint_pixel(self) -> tuple[int, int]:
-        """The current target's innermost canvas pixel ``(row, col)`` (memoised per sample)."""
-        index = self._sample_index
-        if index not in self._hints:
-            self._hints[index] = innermost_pixel(self._gt)
-        return self._hints[index]
+    def _draw_hint(self, index: int, gt: np.ndarray) -> tuple[int, int] | None:
+        """The episode's hint pixel ``(row, col)``, or None without ``target_hint``.
+
+        The innermost pixel is memoised per sample; a noisy point (``hint_noise > 0``) is drawn
+        from ``np_random`` every episode, so the same seed gives the same points.
+        """
+        if not self.target_hint:
+            return None
+        if index not in self._innermost:
+            self._innermost[index] = innermost_pixel(gt)
+        if self.hint_noise == 0:
+            return self._innermost[index]
+        return user_point(gt, self.hint_noise, self.np_random)
 
     def _info(
         self, invalid: str | None, terms: dict[str, float], format_error: str | None = None
@@ -647,11 +668,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             "modality": sample.modality,
             "target": sample.target,
             "spacing": self._spacing,
-            "target_hint": self._hint_point() if self.target_hint else None,
+            "target_hint": self._hint_point(),
         }
 
-    def _hint_point(self) -> tuple[float, float]:
-        row, col = self._hint_pixel()
+    def _hint_point(self) -> tuple[float, float] | None:
+        if self._hint is None:
+            return None
+        row, col = self._hint
         x, y = pixel_center(row, col, self.obs_size)
         return float(x), float(y)
 
@@ -666,7 +689,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         if framed is not None:
             self._framed.move_to_end(index)
             return framed
-        image, target, spacing = letterbox(self.dataset[index], self.obs_size)
+        image, target, spacing = geometry.letterbox(self.dataset[index], self.obs_size)
         target.flags.writeable = False
         framed = self._framed[index] = image, target, spacing
         self._framed_bytes += image.nbytes + target.nbytes
@@ -730,6 +753,25 @@ def _check_min_box_size(value: Any, obs_size: int) -> float:
     return size
 
 
+def _check_hint_noise(value: Any, target_hint: bool) -> float:
+    """The ``hint_noise`` option: a finite real number >= 0, above 0 only with a hint."""
+    expected = "a finite real number >= 0 (0: the innermost pixel)"
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"MedSegEnv option hint_noise must be {expected}; got {value!r} "
+            f"({type(value).__name__})"
+        )
+    noise = float(value)
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"MedSegEnv option hint_noise must be {expected}; got {value!r}")
+    if noise > 0 and not target_hint:
+        raise ValueError(
+            f"MedSegEnv option hint_noise={value!r} needs target_hint=True: the noise moves "
+            "the hinted point, and target_hint=False shows none"
+        )
+    return noise
+
+
 def _check_segmenter_kwargs(value: Any) -> None:
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise TypeError(
@@ -768,18 +810,6 @@ def _restore_rng(env: gym.Env[Any, Any], saved: _RngState) -> None:
     if rng is not None:
         rng.bit_generator.state = state
     env._np_random, env._np_random_seed = rng, seed
-
-
-def __getattr__(name: str) -> Any:
-    # Kept only while the trainer adapters and the SFT exporter move (issue 20): they import
-    # these old names, which now live in medseg_env.prompting and medseg_env.geometry.
-    if name == "PROMPTING_MODES":
-        return tuple(prompting_rule_names())
-    if name in ("letterbox", "unletterbox_mask"):
-        from . import geometry
-
-        return getattr(geometry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _EnvOracle:
