@@ -403,11 +403,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.decoders is not None:
-        r = decoder_bench(args.repeats, args.decoders)
-        print_decoder_bench(args.decoders, args.repeats, r)
+        figures = decoder_bench(args.repeats, args.decoders)
+        print_decoder_bench(args.decoders, args.repeats, figures)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as handle:
-                json.dump({"backend": args.decoders, **r}, handle, indent=2, sort_keys=True)
+                json.dump({"backend": args.decoders, **figures}, handle, indent=2, sort_keys=True)
         return
     if args.table:
         try:

@@ -96,6 +96,9 @@ def _weight(tensor: torch.Tensor) -> torch.Tensor:
 class _Linear(nn.Module):
     """``nn.Linear`` on a 2-D input as one ``addmm`` (ONNX ``Gemm`` with the bias)."""
 
+    weight_t: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, layer: Any) -> None:
         super().__init__()
         self.register_buffer("weight_t", _weight(layer.weight.t()))
@@ -108,6 +111,9 @@ class _Linear(nn.Module):
 class _Norm(nn.Module):
     """``nn.LayerNorm``, or SAM's ``LayerNorm2d`` on channels-last rows (the same sums)."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, norm: Any) -> None:
         super().__init__()
         self.register_buffer("weight", _weight(norm.weight))
@@ -115,7 +121,7 @@ class _Norm(nn.Module):
         self.eps = float(norm.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, tuple(self.weight.shape), self.weight, self.bias, self.eps)
 
 
 class _MLP(nn.Module):
@@ -161,6 +167,11 @@ class _TokenToImage(nn.Module):
     + b_v`` (softmax weights sum to 1): the value projection follows the weighted sum.
     """
 
+    wk: torch.Tensor
+    bk: torch.Tensor
+    wv: torch.Tensor
+    bv: torch.Tensor
+
     def __init__(self, att: Any) -> None:
         super().__init__()
         heads, internal, c = int(att.num_heads), int(att.internal_dim), int(att.embedding_dim)
@@ -191,6 +202,11 @@ class _ImageToToken(nn.Module):
     and the output projection to the value side (``(L, H*T) × (H*T, C)``).
     """
 
+    wq: torch.Tensor
+    bq: torch.Tensor
+    wo: torch.Tensor
+    bo: torch.Tensor
+
     def __init__(self, att: Any) -> None:
         super().__init__()
         heads, internal, c = int(att.num_heads), int(att.internal_dim), int(att.embedding_dim)
@@ -216,6 +232,43 @@ class _ImageToToken(nn.Module):
         weights = torch.softmax(scores.reshape(rows, heads, -1), dim=-1).reshape(rows, -1)
         vo = (v @ self.wo).reshape(-1, c)  # (H*T, C)
         return torch.addmm(self.bo, weights, vo)
+
+
+class _TwoWayLayer(nn.Module):
+    """One ``TwoWayAttentionBlock``: token self-attention, token→image, MLP, image→token."""
+
+    def __init__(self, layer: Any, absorbed: bool) -> None:
+        super().__init__()
+        self.skip_first_pe = bool(layer.skip_first_layer_pe)
+        self.self_attn = _Attention(layer.self_attn)
+        to_image: type[nn.Module] = _TokenToImage if absorbed else _Attention
+        to_tokens: type[nn.Module] = _ImageToToken if absorbed else _Attention
+        self.token_to_image = to_image(layer.cross_attn_token_to_image)
+        self.image_to_token = to_tokens(layer.cross_attn_image_to_token)
+        self.norm1, self.norm2 = _Norm(layer.norm1), _Norm(layer.norm2)
+        self.norm3, self.norm4 = _Norm(layer.norm3), _Norm(layer.norm4)
+        self.lin1, self.lin2 = _Linear(layer.mlp.lin1), _Linear(layer.mlp.lin2)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.skip_first_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        k = keys + key_pe
+        q = queries + query_pe
+        queries = self.norm2(queries + self.token_to_image(q, k, keys))
+        queries = self.norm3(queries + self.lin2(F.relu(self.lin1(queries))))
+        q = queries + query_pe
+        keys = self.norm4(keys + self.image_to_token(k, q, queries))
+        return queries, keys
 
 
 def check_layout(prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
@@ -259,6 +312,24 @@ class RewrittenDecoder(nn.Module):
     changes to the source modules.
     """
 
+    input_size: torch.Tensor
+    gaussian: torch.Tensor
+    label_rows: torch.Tensor
+    output_tokens: torch.Tensor
+    key_pe: torch.Tensor
+    mask_w1: torch.Tensor
+    mask_b1: torch.Tensor
+    mask_w2: torch.Tensor
+    mask_b2: torch.Tensor
+    mask_w3: torch.Tensor
+    mask_b3: torch.Tensor
+    no_mask: torch.Tensor
+    up_w1: torch.Tensor
+    up_b1: torch.Tensor
+    up_w2: torch.Tensor
+    up_b2: torch.Tensor
+    eye: torch.Tensor
+
     def __init__(
         self, prompt_encoder: nn.Module, mask_decoder: nn.Module, signature: Signature
     ) -> None:
@@ -296,24 +367,9 @@ class RewrittenDecoder(nn.Module):
             self.register_buffer("no_mask", _weight(enc.no_mask_embed.weight[0]))
         # TwoWayTransformer.
         transformer = dec.transformer
-        to_image = _TokenToImage if signature.absorbed else _Attention
-        to_tokens = _ImageToToken if signature.absorbed else _Attention
-        layers = list(transformer.layers)
-        self.skip_first_pe = [bool(layer.skip_first_layer_pe) for layer in layers]
-        self.self_attn = nn.ModuleList(_Attention(layer.self_attn) for layer in layers)
-        self.token_to_image = nn.ModuleList(
-            to_image(layer.cross_attn_token_to_image) for layer in layers
-        )
-        self.image_to_token = nn.ModuleList(
-            to_tokens(layer.cross_attn_image_to_token) for layer in layers
-        )
-        self.norms = nn.ModuleList(
-            nn.ModuleList(_Norm(n) for n in (layer.norm1, layer.norm2, layer.norm3, layer.norm4))
-            for layer in layers
-        )
-        self.mlps = nn.ModuleList(
-            nn.ModuleList((_Linear(layer.mlp.lin1), _Linear(layer.mlp.lin2))) for layer in layers
-        )
+        absorbed = signature.absorbed
+        self.layers = nn.ModuleList(_TwoWayLayer(layer, absorbed) for layer in transformer.layers)
+        to_image: type[nn.Module] = _TokenToImage if absorbed else _Attention
         self.final_attn = to_image(transformer.final_attn_token_to_image)
         self.final_norm = _Norm(transformer.norm_final_attn)
         # Heads and output upscaling: each 2×2 stride-2 transposed convolution is a product on
@@ -362,23 +418,9 @@ class RewrittenDecoder(nn.Module):
             keys = image + torch.addmm(self.mask_b3, y, self.mask_w3)
         else:
             keys = image + self.no_mask
-        key_pe = self.key_pe
-        queries, query_pe = tokens, tokens
-        for index, skip in enumerate(self.skip_first_pe):
-            norm1, norm2, norm3, norm4 = self.norms[index]
-            lin1, lin2 = self.mlps[index]
-            if skip:
-                queries = self.self_attn[index](queries, queries, queries)
-            else:
-                q = queries + query_pe
-                queries = queries + self.self_attn[index](q, q, queries)
-            queries = norm1(queries)
-            k = keys + key_pe
-            q = queries + query_pe
-            queries = norm2(queries + self.token_to_image[index](q, k, keys))
-            queries = norm3(queries + lin2(F.relu(lin1(queries))))
-            q = queries + query_pe
-            keys = norm4(keys + self.image_to_token[index](k, q, queries))
+        queries, query_pe, key_pe = tokens, tokens, self.key_pe
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, query_pe, key_pe)
         q, k = queries + query_pe, keys + key_pe
         tokens_out = self.final_norm(queries + self.final_attn(q, k, keys))
         # The kept mask: token 1 (index 0 of the masks), or with multimask the best of 2-4.
