@@ -64,6 +64,7 @@ VERSIONED_PACKAGES = (
     "scipy",
     "scikit-image",
     "torch",
+    "onnxruntime",
     "matplotlib",
 )
 
@@ -157,6 +158,14 @@ def _changed_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[
 def model_ids(plan: Plan) -> dict[str, str]:
     """Each segmenter name's ``model_id`` (which weights), recorded next to the config."""
     return {name: shared_segmenter(name).model_id for name in plan.config.segmenters}
+
+
+def runtimes(plan: Plan) -> dict[str, dict[str, str]]:
+    """How each segmenter ran (``Segmenter.runtime``: its device and decoder), recorded in
+    ``results.json``. Not part of the config, the model ids or the folder name: the ONNX and
+    eager decoders give the same masks (``tests/segmenters/test_decoder_identity.py``), so a
+    run resumed with the other decoder continues the same results."""
+    return {name: shared_segmenter(name).runtime for name in plan.config.segmenters}
 
 
 def run_benchmark(
@@ -379,6 +388,7 @@ def _results_doc(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "seed": plan.config.seed,
         "budgets": {p: plan.config.budget_for(p) for p in plan.config.policies},
         "episodes": len(plan.episodes),
+        "runtime": runtimes(plan),
         "versions": package_versions(),
         "summary": rows,
     }

@@ -75,8 +75,10 @@ def test_result_files_are_well_formed(reference):
     doc = json.loads((out / "results.json").read_text())
     assert doc["config"] == CONFIG.to_dict() and doc["seed"] == 7
     assert doc["budgets"] == {"boxer": 3, "clicker": 3} and doc["episodes"] == 6
-    for package in ("medseg-env", "torch", "numpy", "gymnasium"):
+    for package in ("medseg-env", "torch", "numpy", "gymnasium", "onnxruntime"):
         assert doc["versions"][package]
+    # which decoder ran is recorded, outside the model ids (the masks are the same)
+    assert doc["runtime"] == {"litemedsam": {"device": "cpu", "decoder": "onnx"}}
     assert doc["run"]["executed_episodes"] == 6 and doc["run"]["resumed_episodes"] == 0
     idents = [(r["policy"], r["modality"]) for r in doc["summary"]]
     assert idents == [
