@@ -13,6 +13,7 @@ entry-point group.
 from .base import Policy
 from .baselines import HintBox, HintClick
 from .clickers import IMISClicker, RITMClicker
+from .learned import LearnedBCPolicy, LearnedPolicy
 from .mllm import OpenAIChatPolicy, TextPolicy, TransformersPolicy, VLLMPolicy
 from .oracle import HybridExpert, OracleBox
 from .random_policy import RandomPolicy
@@ -31,6 +32,8 @@ register_policy("imis", IMISClicker)
 register_policy("random", RandomPolicy)
 register_policy("hint_click", HintClick)
 register_policy("hint_box", HintBox)
+register_policy("learned", LearnedPolicy, default=False)
+register_policy("learned_bc", LearnedBCPolicy, default=False)
 register_policy("openai", OpenAIChatPolicy, default=False)
 register_policy("vllm", VLLMPolicy, default=False)
 register_policy("transformers", TransformersPolicy, default=False)
@@ -51,6 +54,8 @@ __all__ = [
     "HintClick",
     "HybridExpert",
     "IMISClicker",
+    "LearnedBCPolicy",
+    "LearnedPolicy",
     "OpenAIChatPolicy",
     "OracleBox",
     "Policy",

@@ -110,9 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--target-hint",
-        action="store_true",
-        help="observations carry the target's innermost pixel (the env's target_hint option), "
-        "for policies trained with it",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="observations carry the point where the user says which object to segment (the "
+        "env's target_hint option; on by default, as in MedSeg-v0); --no-target-hint leaves "
+        "it out (the GT-free and learned policies then refuse to play)",
+    )
+    run.add_argument(
+        "--hint-noise",
+        type=float,
+        default=0.0,
+        help="the env's hint_noise: 0 (default) hints the innermost pixel; above 0, a "
+        "realistic off-centre user point, as a fraction of the target's radius",
     )
     run.add_argument(
         "--nsd-tolerance",
@@ -167,6 +176,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         "obs_size": args.obs_size,
         "nsd_tolerance_mm": args.nsd_tolerance,
         "target_hint": args.target_hint,
+        "hint_noise": args.hint_noise,
     }
     if args.datasets:
         kwargs["datasets"] = tuple(args.datasets)
@@ -176,7 +186,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .report import summary_table
+    from .report import grouped_tables
     from .runner import run_benchmark
 
     result = run_benchmark(
@@ -186,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         examples=args.examples,
     )
-    print(summary_table([r for r in result.summary if r["modality"] == ALL]))
+    print(grouped_tables([r for r in result.summary if r["modality"] == ALL]))
     print()
     total = len(result.records)
     print(

@@ -65,9 +65,11 @@ class BenchConfig:
             dataset order) or ``"first"`` (the first ``limit`` samples).
         obs_size: side of the square observation canvas, pixels.
         nsd_tolerance_mm: tolerance of the normalised surface Dice, millimetres.
-        target_hint: the env's ``target_hint`` option: observations carry the target's
-            innermost pixel (for policies that must be told which object to segment, such
-            as a trained PPO agent); policies that do not read it play as without.
+        target_hint: the env's ``target_hint`` option (on by default, as in ``MedSeg-v0``):
+            observations carry the point where the user says which object to segment, which
+            the GT-free and learned policies read; oracle policies play as without it.
+        hint_noise: the env's ``hint_noise`` option: 0 hints the target's innermost pixel;
+            above 0, a realistic off-centre user point drawn per episode (seeded).
     """
 
     policies: tuple[str, ...] = ()
@@ -80,7 +82,8 @@ class BenchConfig:
     subset: str = "random"
     obs_size: int = DEFAULT_OBS_SIZE
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM
-    target_hint: bool = False
+    target_hint: bool = True
+    hint_noise: float = 0.0
 
     def __post_init__(self) -> None:
         # Normalise containers so that equal configs compare, serialise and hash equally.
@@ -94,6 +97,7 @@ class BenchConfig:
         object.__setattr__(self, "nsd_tolerance_mm", float(self.nsd_tolerance_mm))
         if not isinstance(self.target_hint, bool):
             raise BenchError(f"target_hint must be true or false; got {self.target_hint!r}")
+        object.__setattr__(self, "hint_noise", float(self.hint_noise))
         self.validate()
 
     def validate(self) -> None:
@@ -114,6 +118,10 @@ class BenchConfig:
             raise BenchError(f"subset must be one of {SUBSET_MODES}; got {self.subset!r}")
         if self.obs_size < 16:
             raise BenchError(f"obs_size must be at least 16; got {self.obs_size}")
+        if not (0 <= self.hint_noise < float("inf")):
+            raise BenchError(f"hint_noise must be a finite number >= 0; got {self.hint_noise}")
+        if self.hint_noise > 0 and not self.target_hint:
+            raise BenchError("hint_noise needs target_hint: without a hint there is no point")
         if not self.nsd_tolerance_mm >= 0:
             raise BenchError(f"nsd_tolerance_mm must be >= 0; got {self.nsd_tolerance_mm}")
 
@@ -156,7 +164,8 @@ class BenchConfig:
         return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in sorted(mine) if mine[k] != theirs[k]]
 
 
-_LATER_KEYS: dict[str, Any] = {"target_hint": False}
+# Each at the value every run had before the key existed (target_hint was off by default).
+_LATER_KEYS: dict[str, Any] = {"target_hint": False, "hint_noise": 0.0}
 
 
 def _no_duplicates(name: str, values: Sequence[str]) -> None:

@@ -221,6 +221,7 @@ class Resources:
                 obs_size=self.plan.config.obs_size,
                 max_turns=spec.budget,
                 target_hint=self.plan.config.target_hint,
+                hint_noise=self.plan.config.hint_noise,
                 # a text protocol is scored with its own way of calling the segmenter
                 prompting=get_protocol(protocol).segmenter_call if protocol else "accumulate",
             )

@@ -213,6 +213,25 @@ def summary_table(rows: Sequence[Row]) -> str:
     return _table(header, body)
 
 
+def grouped_tables(rows: Sequence[Row]) -> str:
+    """``summary_table`` of the policies that see only the image and the hint, then (apart)
+    that of the oracle policies, which read the ground truth (rows' ``oracle`` flag)."""
+    free = [r for r in rows if not r.get("oracle")]
+    oracle = [r for r in rows if r.get("oracle")]
+    parts = []
+    if free:
+        parts += [
+            "GT-free policies (they see the image and the user's hint):",
+            "",
+            summary_table(free),
+        ]
+    if oracle:
+        if parts:
+            parts.append("")
+        parts += ["Oracle policies (they read the ground truth):", "", summary_table(oracle)]
+    return "\n".join(parts)
+
+
 def text_table(rows: Sequence[Row]) -> str:
     """Text policies: our convention beside MedSAM-Agent's EVAL one, well-formed replies."""
     header = ["Policy", "Dataset", "Segmenter", "N", "Dice@final (ours: empty = 0)"]
@@ -268,11 +287,11 @@ def markdown_summary(rows: Sequence[Row], timings: Sequence[Row], config: BenchC
         + (f" (overrides: {dict(config.policy_budgets)})" if config.policy_budgets else "")
         + f", {limit}, obs {config.obs_size} px, NSD tolerance {config.nsd_tolerance_mm:g} mm.",
         "",
-        summary_table(overall),
+        grouped_tables(overall),
         "",
         "## By modality",
         "",
-        summary_table(by_modality),
+        grouped_tables(by_modality),
         "",
         *_text_section(overall),
         "## Wall time (varies between runs)",
