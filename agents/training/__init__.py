@@ -10,6 +10,9 @@
   inference and lives in ``medseg_agents.ppo``.
 - ``click_model``: the fine-tuning recipe of the shipped ``litemedsam_clicks`` weights and
   its evaluation (``medseg-train click-model-train`` / ``click-model-eval``).
+- ``learned``: the learned agent's recipe, behaviour cloning then GRPO
+  (``medseg-train learned``); the agent itself is ``medseg_agents.learned``.
+- ``cli``: ``medseg-train``, one subcommand per trainer.
 - ``envs``: the env options every adapter builds its envs with (one shared segmenter).
 
 This package may import the rest of ``medseg_agents`` and ``medseg_env``; nothing outside it

@@ -6,6 +6,7 @@
     medseg-train verl-data --out DIR       # verl's parquet rows (verl.verl_data)
     medseg-train click-model-train [...]   # the click-tuned LiteMedSAM (click_model.train)
     medseg-train click-model-eval [...]    # ... on the held-out split (click_model.evaluate)
+    medseg-train learned --out DIR         # the learned agent: SFT then RL (learned.cli)
 
 Each subcommand's module gives ``add_arguments(parser)`` and ``run(args) -> int`` (and a
 ``main(argv)`` of its own for ``python -m``), and is imported only when its subcommand runs, so
@@ -44,6 +45,10 @@ COMMANDS = {
     "click-model-eval": (
         "medseg_agents.training.click_model.evaluate",
         "evaluate the original and the click-tuned LiteMedSAM on the held-out split",
+    ),
+    "learned": (
+        "medseg_agents.training.learned.cli",
+        "train the learned agent (behaviour cloning, then GRPO) into a folder, resumably",
     ),
 }
 

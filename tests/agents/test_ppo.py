@@ -110,5 +110,6 @@ def test_policy_plays_the_benchmark_and_stops_at_its_horizon(trained: Path, tmp_
 
 def test_policy_without_the_hint_fails_clearly(trained: Path, tmp_path: Path) -> None:
     common = ["run", "-p", f"ppo:path={trained}", "-d", "demo", "-s", "classical", "--limit", "1"]
+    common += ["--no-target-hint"]  # the benchmark's default shows the hint
     with pytest.raises(ValueError, match="--target-hint"):
         bench_main([*common, "--no-plots", "--no-progress", "--out", str(tmp_path / "b")])
