@@ -50,8 +50,8 @@ class Segmenter(ABC):
     def runtime(self) -> dict[str, str]:
         """How this instance computes, beyond the weights that ``model_id`` names: e.g.
         ``{"device": "cpu", "decoder": "onnx"}`` for a SAM-family backend. Not part of any
-        cache key (the results do not depend on it); the benchmark records it next to the
-        model ids. Empty by default."""
+        cache key: it says which code ran the model, not which model ran (the decoders give the
+        same masks). The benchmark records it in ``results.json``. Empty by default."""
         return {}
 
     @property

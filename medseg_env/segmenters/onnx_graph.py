@@ -464,23 +464,30 @@ def decoder_graph(
     names = list(INPUTS[: len(args)])
     points = torch.export.Dim("points", min=0, max=4096)
     dynamic = {name: ({0: points} if name.startswith("point_") else None) for name in names}
-    with warnings.catch_warnings():
-        # The exporter's notes (a renamed axis, deprecations of its own internals) are not the
-        # user's to act on.
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            tuple(args),
-            input_names=names,
-            output_names=list(OUTPUTS),
-            dynamic_shapes=dynamic,
-            dynamo=True,
-            opset_version=OPSET,
-            optimize=True,
-            verbose=False,
-        )
-    if program is None:  # only the legacy exporter returns None
-        raise RuntimeError("torch.onnx.export returned no program")
+    try:
+        with warnings.catch_warnings():
+            # The exporter's notes (a renamed axis, deprecations of its own internals) are not
+            # the user's to act on.
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                tuple(args),
+                input_names=names,
+                output_names=list(OUTPUTS),
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                opset_version=OPSET,
+                optimize=True,
+                verbose=False,
+            )
+        if program is None:  # only the legacy exporter returns None
+            raise RuntimeError("torch.onnx.export returned no program")
+    except Exception as err:  # the exporter raises many types; all mean the same to a user
+        raise RuntimeError(
+            f"building the ONNX decoder graph ({signature.tag}) failed with torch "
+            f"{torch.__version__}: {type(err).__name__}: {err}. It needs torch.onnx's dynamo "
+            "exporter and onnxscript; decoder='eager' runs without them."
+        ) from err
     model = program.model_proto
     model.producer_name = "medseg_env"
     return model
