@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from medseg_env import registry
 from medseg_env.env import default_config
+from medseg_env.files import default_folder
 from medseg_env.metrics import NSD_TOLERANCE_MM
 from medseg_env.seeding import stable_int
 from medseg_env.segmenters import SEGMENTERS
@@ -207,12 +207,8 @@ def default_out_dir(config: BenchConfig, models: Mapping[str, str] | None = None
     when ``models`` is given, so that new weights under the same segmenter name (an upgrade)
     get a new folder instead of a refused resume. Never the current directory.
     """
-    base = os.environ.get(OUT_DIR_ENV)
-    if not base:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        base = str(Path(cache) / "medseg-env" / "bench")
     name = config.hash()
     if models:
         blob = json.dumps(dict(sorted(models.items())), separators=(",", ":")).encode()
         name += "-" + hashlib.sha256(blob).hexdigest()[:8]
-    return Path(base).expanduser() / name
+    return default_folder("bench", OUT_DIR_ENV) / name

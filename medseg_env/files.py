@@ -6,6 +6,10 @@
   write through it.
 - :func:`folder_lock` holds a folder for one process (``fcntl.flock``), so two runs never
   write the same results folder at once.
+- :func:`default_folder` is where every default output or cache folder lives:
+  ``$<ENV_VAR>`` if set, else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/<kind>`` (the
+  benchmark's results, the SFT export, the embedding cache, the ONNX graph cache), never the
+  current directory.
 
 Files get the usual permissions for the process umask (``mkstemp`` makes 0600), so a cache or
 results folder shared between users works.
@@ -28,6 +32,29 @@ except ImportError:  # not on Windows
 
 Writer = Callable[[Path], None]
 """Writes a file at the given path (``safetensors.torch.save_file`` bound to its tensors)."""
+
+
+def expand_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` with environment variables and ``~`` expanded, made absolute.
+
+    So ``MEDSEG_CACHE_DIR='~/cache'`` means the home directory's ``cache``, never ``./~/cache``,
+    and a later ``chdir`` does not move the folder.
+    """
+    return Path(os.path.expanduser(os.path.expandvars(os.fspath(path)))).absolute()
+
+
+def default_folder(kind: str, env_var: str) -> Path:
+    """``$env_var`` if set (and not empty), else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/<kind>``.
+
+    The one rule for the default folders of the three packages (``kind`` is ``bench``, ``sft``,
+    ``embeddings``, ``onnx``...). The result goes through :func:`expand_folder`: absolute, with
+    ``~`` and environment variables expanded, so it never depends on the current directory.
+    """
+    configured = os.environ.get(env_var)
+    if configured:
+        return expand_folder(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return expand_folder(Path(base) / "medseg-env" / kind)
 
 
 def _umask_at_import() -> int:

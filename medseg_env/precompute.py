@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, load_dataset
 from .env import MIN_OBS_SIZE, default_config
+from .files import default_folder
 from .geometry import letterbox
 from .registry import parse_spec
 from .segmenters import EmbeddingCache, Segmenter, make_segmenter
@@ -61,11 +62,7 @@ def default_cache_dir() -> Path:
 
     Absolute, with ``~`` and environment variables expanded (as ``EmbeddingCache`` does).
     """
-    configured = os.environ.get(CACHE_DIR_ENV)
-    if configured:
-        return expand_dir(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return expand_dir(Path(base) / "medseg-env" / "embeddings")
+    return default_folder("embeddings", CACHE_DIR_ENV)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..files import atomic_write
+from ..files import atomic_write, default_folder
 
 if TYPE_CHECKING:
     import onnx
@@ -40,11 +40,7 @@ _KEY_KEY = "medseg_env.key"  # metadata: the cache key the file was written for
 
 def onnx_cache_dir() -> Path:
     """``$MEDSEG_ONNX_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/onnx``."""
-    folder = os.environ.get(ONNX_DIR_ENV)
-    if folder:
-        return Path(os.path.expandvars(folder)).expanduser().absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser().absolute() / "medseg-env" / "onnx"
+    return default_folder("onnx", ONNX_DIR_ENV)
 
 
 def weights_digest(*modules: nn.Module) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from medseg_env.data import Dataset, load_dataset, refuse_heldout
 from medseg_env.data.split import group_split
+from medseg_env.files import default_folder
 from medseg_env.seeding import stable_int
 
 from .config import ExportConfig, ExportError
@@ -62,12 +62,8 @@ def make_plan(dataset: Dataset, config: ExportConfig) -> list[TrajectorySpec]:
 def default_out_dir(config: ExportConfig, model_id: str) -> Path:
     """``$MEDSEG_SFT_DIR/<name>``, else ``${XDG_CACHE_HOME:-~/.cache}/medseg-env/sft/<name>``:
     the config hash and 8 hex digits of the segmenter's weights id."""
-    base = os.environ.get(OUT_DIR_ENV)
-    if not base:
-        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        base = str(Path(cache) / "medseg-env" / "sft")
     suffix = hashlib.sha256(model_id.encode()).hexdigest()[:8]
-    return Path(base).expanduser() / f"{config.hash()}-{suffix}"
+    return default_folder("sft", OUT_DIR_ENV) / f"{config.hash()}-{suffix}"
 
 
 def load_export_dataset(config: ExportConfig) -> Dataset:
