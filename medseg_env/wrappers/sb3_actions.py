@@ -61,7 +61,7 @@ class MultiDiscreteActions(gym.ActionWrapper):
 def grid_action(kind: int, c0: int, r0: int, c1: int, r1: int, grid: int) -> A.Action:
     """The structured action of a checked ``MultiDiscreteActions`` point (see its docstring).
 
-    For policies trained on that space that act on the env itself (``medseg_agents.rl.ppo``).
+    For policies trained on that space that act on the env itself (``medseg_agents.ppo.PPOPolicy``).
     """
     # The grid is a G-pixel square frame: the geometry of pixel actions applies as is.
     if kind == A.ActionKind.BOX:
