@@ -84,7 +84,9 @@ def test_a_run_trains_both_stages_writes_curves_and_resumes_exactly(
         assert [r["step" if stage == "sft" else "iteration"] for r in rows] == steps
         assert 0.0 <= float(rows[-1]["val_dice"]) <= 1.0
     assert (tmp_path / "whole" / "curves.png").stat().st_size > 1000
-    assert set(whole["seconds"]) == {"data", "sft", "rl"}
+    assert set(whole["seconds"]) == {"data", "baselines", "sft", "rl"}
+    assert set(whole["baselines"]) == set(recipe.BASELINES)
+    assert all(0 <= b["val_dice"] <= 1 for b in whole["baselines"].values())
     sft, _ = load_checkpoint(tmp_path / "whole" / "sft" / "best")
     torch.manual_seed(TINY.seed)
     fresh = type(sft)(sft.spec)

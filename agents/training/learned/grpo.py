@@ -98,7 +98,7 @@ def update(
         ref_lp = torch.cat(
             [
                 log_prob(
-                    *reference(network_input(x_all[i : i + 64]), s_all[i : i + 64]),
+                    reference(network_input(x_all[i : i + 64]), s_all[i : i + 64]),
                     {k: v[i : i + 64] for k, v in chosen_all.items()},
                 )
                 for i in range(0, len(choices), 64)
@@ -111,7 +111,7 @@ def update(
         for start in range(0, len(order), settings.minibatch):
             rows = torch.from_numpy(order[start : start + settings.minibatch])
             heads = net(network_input(x_all[rows]), s_all[rows])
-            lp = log_prob(*heads, {k: v[rows] for k, v in chosen_all.items()})
+            lp = log_prob(heads, {k: v[rows] for k, v in chosen_all.items()})
             ratio = torch.exp(lp - old_lp[rows])
             a = adv_t[rows]
             clipped = ratio.clamp(1 - settings.clip, 1 + settings.clip)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medseg_agents import make_policy
 from medseg_agents.learned.checkpoint import load_checkpoint, save_checkpoint
 from medseg_agents.learned.network import PolicySpec, PromptNet
 from medseg_env.data import Dataset
@@ -170,11 +171,35 @@ def evaluate(net: PromptNet, run: Run) -> dict[str, float]:
         batch = list(range(start, min(start + len(envs), len(run.val))))
         for episode in play(net, envs, batch):
             dices.setdefault(episode.source, []).append(episode.dice)
+    return _scores(dices)
+
+
+def _scores(dices: dict[str, list[float]]) -> dict[str, float]:
     everything = [d for values in dices.values() for d in values]
     return {
         "val_dice": float(np.mean(everything)),
         **{f"val_{k}": float(np.mean(v)) for k, v in sorted(dices.items())},
     }
+
+
+BASELINES = ("hint_click", "hint_box", "oracle_box", "hybrid_expert")
+"""The rows the agent is compared with on the validation split (``summary.json``)."""
+
+
+def evaluate_policy(name: str, run: Run) -> dict[str, float]:
+    """A registered policy's validation Dice under the agent's horizon (for the summary)."""
+    policy = make_policy(name)
+    env = run.val_envs[0]
+    dices: dict[str, list[float]] = {}
+    for index in range(len(run.val)):
+        policy.seed(index)
+        obs, info = env.reset(options={"sample_index": index})
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(policy.act(obs, info, env))
+            done = terminated or truncated
+        dices.setdefault(str(info["source_id"]), []).append(float(info["dice"]))
+    return _scores(dices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,8 +246,14 @@ def stage_data(run: Run) -> Demonstrations:
     start = time.perf_counter()
     encode_all(run)
     demos = collect(run.train_envs[0], run.config.spec, run.config.per_sample, run.config.seed)
-    atomic_write(path, demos.write)
     _add_time(run, "data", time.perf_counter() - start)
+    start = time.perf_counter()
+    baselines = {name: evaluate_policy(name, run) for name in BASELINES}
+    _update_summary(run, {"baselines": baselines})
+    _add_time(run, "baselines", time.perf_counter() - start)
+    atomic_write(path, demos.write)  # last: its presence marks the stage done
+    for name, scores in baselines.items():
+        run.log(f"baseline {name}: val Dice {scores['val_dice']:.3f}")
     run.log(
         f"expert: {len(demos)} turns from {len(demos.dice)} trajectories, "
         f"Dice {demos.dice.mean():.3f}"
@@ -381,6 +412,13 @@ def stage_rl(run: Run, sft: PromptNet) -> PromptNet:
 def _best(folder: Path, cfg: RecipeConfig) -> PromptNet:
     net, _ = load_checkpoint(folder / "best")
     return net
+
+
+def _update_summary(run: Run, entries: dict[str, Any]) -> None:
+    path = run.out / SUMMARY_FILE
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update(entries)
+    atomic_write(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _add_time(run: Run, stage: str, seconds: float) -> float:

@@ -37,13 +37,13 @@ def choice_tensors(choices: Sequence[Choice]) -> dict[str, torch.Tensor]:
     }
 
 
-def log_prob(
-    kind: torch.Tensor,
-    clicks: torch.Tensor,
-    edges: torch.Tensor,
-    chosen: dict[str, torch.Tensor],
-) -> torch.Tensor:
+Heads = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""``PromptNet``'s outputs: kind, click-map and box-side logits."""
+
+
+def log_prob(heads: Heads, chosen: dict[str, torch.Tensor]) -> torch.Tensor:
     """``(B,)`` log-probabilities of the chosen actions under the heads' logits."""
+    kind, clicks, edges = heads
     k = chosen["kind"]
     grid = clicks.shape[-1]
     lp = F.log_softmax(kind, dim=1).gather(1, k[:, None])[:, 0]
@@ -60,10 +60,9 @@ def log_prob(
     )
 
 
-def sample(
-    kind: torch.Tensor, clicks: torch.Tensor, edges: torch.Tensor, generator: torch.Generator
-) -> list[Choice]:
+def sample(heads: Heads, generator: torch.Generator) -> list[Choice]:
     """One choice per row, drawn from the heads' distributions with ``generator``."""
+    kind, clicks, edges = heads
     grid = clicks.shape[-1]
     kinds = torch.multinomial(F.softmax(kind, dim=1), 1, generator=generator)[:, 0]
     flat = F.softmax(clicks.flatten(2), dim=2)
@@ -76,8 +75,9 @@ def sample(
         sides = (0, 0, 0, 0)
         if k == ActionKind.BOX:
             drawn = torch.multinomial(F.softmax(edges[b], dim=1), 1, generator=generator)[:, 0]
-            sides = tuple(int(v) for v in drawn.tolist())
-        out.append(Choice(int(k), cell, sides))  # type: ignore[arg-type]
+            left, top, right, bottom = (int(v) for v in drawn.tolist())
+            sides = (left, top, right, bottom)
+        out.append(Choice(int(k), cell, sides))
     return out
 
 
@@ -134,8 +134,8 @@ def play(
                 choices = greedy(*heads)
                 lps = [0.0] * len(live)
             else:
-                choices = sample(*heads, generator)
-                lps = log_prob(*heads, choice_tensors(choices)).tolist()
+                choices = sample(heads, generator)
+                lps = log_prob(heads, choice_tensors(choices)).tolist()
         still = []
         for j, i in enumerate(live):
             ep = episodes[i]
