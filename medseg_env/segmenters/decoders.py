@@ -12,7 +12,10 @@ previous logits into one mask's low-resolution logits. Two decoders are register
 
 Any SAM-family backend takes either by name (``decoder="onnx"``,
 ``-s 'sam:decoder=onnx,allow_random_init=true'``) or as an instance; the LiteMedSAM backends
-default to ``"auto"``: ONNX on the CPU, eager on other devices. A new decoder is a
+default to ``"auto"``: ONNX on the CPU, eager on other devices. The SAM 2 backends
+(``sam2``, ``medsam2``) are not SAM-family segmenters here: their mask decoder also takes the
+encoder's high-resolution features and has an object-score head, so the rewrite in
+``onnx_graph`` does not fit it, and they keep their own PyTorch decoder. A new decoder is a
 :class:`Decoder` subclass plus one :func:`register_decoder` line (entry-point group
 ``medseg_env.decoders``).
 
