@@ -34,7 +34,9 @@ OVERLAY=(
     "codetiming" "cachetools" "qwen-vl-utils==0.0.14"   # verl's agent-loop imports
 )
 # What verl's imports take from the main venv (import names); the build stops if one is missing.
-FROM_MAIN=(torch numpy PIL pydantic omegaconf hydra tensordict datasets pandas pyarrow
+# All of them come with `pip install -e ".[dev]"`: tensordict is in the dev extra, and orjson
+# (which verl.utils.tracking imports without declaring it) comes with tensordict 0.14.
+FROM_MAIN=(torch numpy PIL pydantic omegaconf hydra tensordict orjson datasets pandas pyarrow
     accelerate fastapi uvicorn regex safetensors packaging yaml tqdm dill click filelock)
 
 start=$(date +%s)
