@@ -24,7 +24,7 @@ from medseg_env.geometry import padded_distance
 from medseg_env.oracle import Oracle
 
 from .base import Info, Observation, Policy
-from .simulation import Click, click_action, clicked_mask, oracle_box_action
+from .simulation import Click, click_action, clicked_mask, frame_mask, oracle_box_action
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
@@ -148,7 +148,7 @@ class _Clicker(Policy):
             return oracle_box_action(gt, min_side=oracle.min_box_size)
         if self.stop_iou is not None and float(info.get("iou", 0.0)) >= self.stop_iou:
             return click_action(None, gt.shape[0])  # RITM's evaluation stops at max_iou_thr
-        pred = np.asarray(obs["mask"])[..., 0] > 0
+        pred = frame_mask(obs, oracle)
         return click_action(self._click(pred, gt, oracle, info), gt.shape[0])
 
     @abstractmethod

@@ -21,7 +21,7 @@ from medseg_env.geometry import padded_distance
 from medseg_env.metrics import iou
 
 from .base import Info, Observation, Policy
-from .simulation import Click, click_action, clicked_mask, oracle_box_action
+from .simulation import Click, click_action, clicked_mask, frame_mask, oracle_box_action
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
@@ -189,7 +189,7 @@ class HybridExpert(Policy):
             return oracle_box_action(
                 gt, self.rng, jitter_frac=self.box_jitter_frac, min_side=oracle.min_box_size
             )
-        pred = np.asarray(obs["mask"])[..., 0] > 0
+        pred = frame_mask(obs, oracle)
         current = float(info["iou"]) if "iou" in info else iou(pred, gt)
         if current >= self.target_iou or not (can_click or can_box):
             return A.stop()

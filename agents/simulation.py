@@ -10,11 +10,15 @@ covers exactly those pixels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from medseg_env import actions as A
 from medseg_env.actions import Action
 from medseg_env.geometry import jittered_box, pixel_of
+from medseg_env.oracle import Oracle
 
 Click = tuple[int, int, bool]
 """``(row, col, positive)``: a pixel of the observation and the click's sign."""
@@ -31,6 +35,19 @@ def clicked_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     rows, cols = pixel_of(points, shape)
     mask[rows, cols] = True
     return mask
+
+
+def frame_mask(obs: Mapping[str, Any], oracle: Oracle) -> np.ndarray:
+    """The current mask in the oracle's frame, the one its ground truth is in.
+
+    The observation's mask when it is that frame (the canvas); the oracle's own
+    (``Oracle.current_mask``) when the env works at the sample's resolution
+    (``native_resolution``), where the observation shows it resampled onto the canvas.
+    """
+    mask = np.asarray(obs["mask"])[..., 0] > 0
+    if mask.shape == np.shape(oracle.ground_truth):
+        return mask
+    return np.asarray(oracle.current_mask, bool)
 
 
 def click_action(click: Click | None, size: int) -> Action:

@@ -8,8 +8,11 @@ turn's low-resolution logits as SAM's ``mask_input`` on click turns; see
 change.
 
 Frames: every sample is letterboxed into an ``S×S`` canvas (``S = obs_size``): the longest
-side is resized to ``S`` and the rest is zero-padded at the bottom/right. Observations, actions,
-masks and metrics all live on that canvas; pixel spacing is rescaled to match.
+side is resized to ``S`` and the rest is zero-padded at the bottom/right. Observations and
+actions live on that canvas. Masks, the ground truth and the metrics live on it too, or, with
+``native_resolution=True``, on the sample at its own resolution (an ``L×L`` frame, ``L`` the
+sample's longest side, holding the sample unscaled at the top-left); pixel spacing is
+rescaled to match.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class StepPlan:
     prompts: Prompts | None
     invalid: str | None
     request: PredictRequest | None
-    token: tuple[int, int]
+    token: tuple[int, int, int]
 
 
 def default_config() -> dict[str, Any]:
@@ -104,6 +107,21 @@ def default_config() -> dict[str, Any]:
       segment. Without it a policy that sees only the image cannot tell which of many similar
       objects (one nucleus among dozens) the episode is about, so the task is ill-posed for
       it; ``False`` gives the observation without the key (oracle policies do not need it).
+    - ``native_resolution``: ``False`` (the default): the episode lives on the canvas: the
+      segmenter encodes the canvas image, and masks, the ground truth and every metric are
+      ``(S, S)``. ``True``: it lives on the sample at its own resolution, as MedSAM-Agent's
+      released code segments and scores it: the segmenter encodes the sample's own ``(H, W)``
+      image, prompts are its pixel coordinates, and masks, the oracle's ground truth,
+      previews, the reward's masks and every metric are ``(L, L)`` arrays, ``L = max(H, W)``,
+      the sample unscaled at the top-left (a non-square sample is zero-padded at the
+      bottom/right, where no mask lies, so the metrics are those of the ``(H, W)`` masks).
+      The observation stays the ``(S, S)`` canvas (the mask and the prompts resampled onto it,
+      nearest neighbour), and actions keep their normalised coordinates (``x·L`` sample
+      pixels). The MedSAM-Agent text protocols turn it on (``medseg_env.text``).
+    - ``sort_box_corners``: ``True`` (the default): a box action's corners are sorted, so the
+      segmenter gets ``(x0, y0, x1, y1)`` with ``x0 <= x1, y0 <= y1``. ``False``: the corners
+      go to the segmenter as given (the first, then the second), as MedSAM-Agent's released
+      code passes the box a model wrote; ``min_box_size`` then checks the absolute sides.
     - ``hint_noise``: where the user points. ``0`` (the default): the target's innermost
       pixel. Above 0: a realistic, off-centre point drawn per episode from the env's random
       generator, the innermost pixel plus a Gaussian offset of ``hint_noise`` times the
@@ -123,6 +141,8 @@ def default_config() -> dict[str, Any]:
         "prompting": "accumulate",
         "target_hint": True,
         "hint_noise": 0.0,
+        "native_resolution": False,
+        "sort_box_corners": True,
     }
 
 
@@ -141,6 +161,10 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     Action (``Dict``, see ``medseg_env.actions``): ``kind`` (0 stop, 1 positive click,
     2 negative click, 3 box), ``point`` ``(x, y)`` and ``box`` ``(x0, y0, x1, y1)`` in [0, 1]
     observation coordinates.
+
+    Frame: the episode's masks, ground truth and prompts are in ``frame_size``-pixel square
+    coordinates: the canvas (``S``), or with ``native_resolution`` the sample's own pixels
+    (``L = max(H, W)``); normalised action coordinates times ``frame_size`` are those pixels.
 
     Invalid actions: an action inside the action space that cannot be carried out — a click
     on a box-only segmenter, a box on a click-only one, a box narrower or lower than
@@ -191,7 +215,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     reason), ``format_error`` (None, or why a text reply gave no action), ``turn``,
     ``num_prompts``, ``num_clicks``, ``num_boxes``, ``score`` (the segmenter's own quality
     estimate), ``sample_id``, ``sample_index``, ``source_id``,
-    ``modality``, ``target``, ``spacing`` (mm per observation pixel, (row, col)) and
+    ``modality``, ``target``, ``spacing`` (mm per frame pixel, (row, col)) and
     ``target_hint`` (``(x, y)`` in [0, 1] observation coordinates, the centre of the hinted
     pixel, with ``target_hint=True``; None without).
     """
@@ -208,13 +232,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         _check_segmenter_kwargs(config["segmenter_kwargs"])
         self._rule: PromptingRule = make_prompting_rule(config["prompting"])
         self.prompting: str = config["prompting"]
-        if not isinstance(config["target_hint"], (bool, np.bool_)):
-            raise TypeError(
-                f"MedSegEnv option target_hint must be a bool; got {config['target_hint']!r} "
-                f"({type(config['target_hint']).__name__})"
-            )
-        self.target_hint = bool(config["target_hint"])
-        config["target_hint"] = self.target_hint
+        for name in ("target_hint", "native_resolution", "sort_box_corners"):
+            config[name] = _check_bool_option(name, config[name])
+        self.target_hint: bool = config["target_hint"]
+        self.native_resolution: bool = config["native_resolution"]
+        self.sort_box_corners: bool = config["sort_box_corners"]
         self.hint_noise = _check_hint_noise(config["hint_noise"], self.target_hint)
         config["hint_noise"] = self.hint_noise
         config.update(obs_size=size, max_turns=max_turns, min_box_size=min_box_size)
@@ -258,8 +280,16 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         return _EnvOracle(self)
 
     @property
+    def frame_size(self) -> int:
+        """The side of the episode's square pixel frame (masks, ground truth, prompts):
+        ``obs_size``, or with ``native_resolution`` the sample's longest side."""
+        self._require_episode()
+        return int(self._gt.shape[0])
+
+    @property
     def ground_truth(self) -> np.ndarray:
-        """The target's ``(S, S)`` bool mask, read-only. For oracle/expert policies only."""
+        """The target's ``(F, F)`` bool mask (``F = frame_size``), read-only. For oracle/expert
+        policies only."""
         self._require_episode()
         view = self._gt.view()  # a view of a read-only array cannot be made writable again
         view.flags.writeable = False
@@ -277,13 +307,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
     @property
     def current_mask(self) -> np.ndarray:
-        """A copy of the current ``(S, S)`` bool mask."""
+        """A copy of the current ``(F, F)`` bool mask (``F = frame_size``)."""
         self._require_episode()
         return self._mask.copy()
 
     @property
     def prompts(self) -> Prompts:
-        """A copy of the accepted prompts so far, in observation pixel coordinates."""
+        """A copy of the accepted prompts so far, in the frame's pixel coordinates."""
         self._require_episode()
         p = self._prompts
         return Prompts(p.points.copy(), p.labels.copy(), None if p.box is None else p.box.copy())
@@ -296,7 +326,8 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
     @property
     def turn(self) -> int:
-        """Turns taken in this episode (actions and rejected replies)."""
+        """Turns of the budget taken in this episode: actions, and rejected replies that spend
+        a turn (``reject(..., spend_turn=True)``, the default)."""
         self._require_episode()
         return self._turn
 
@@ -348,7 +379,9 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
                 index = int(self.np_random.integers(len(self.dataset)))
             image, gt, spacing = self._frame(index)
             hint = self._draw_hint(index, gt)
-            embedding = self.segmenter.encode(image)
+            # native: the sample's own image (read-only dataset array); else the canvas
+            encoded = self.dataset[index].image if self.native_resolution else image
+            embedding = self.segmenter.encode(encoded)
             self._start_episode(index, image, gt, spacing, embedding, hint)
             result = self._obs(), self._info(None, {})
         except BaseException as exc:
@@ -382,6 +415,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         self._dices, self._ious = [dice], [iou]
         self._num_invalid = 0
         self._num_format_errors = 0
+        self._free_rejects = 0  # rejected replies that spent no turn (reject(spend_turn=False))
+        self._kinds: list[int] = []
+        self._replies: list[str] = []
+        self._pending_reply: tuple[str, bool] | None = None  # (text, scored) for the next turn
+        self._mask_scores: list[tuple[float, float]] = []  # (IoU, Dice) of the kept masks
         self._score = 0.0
         self._done = False
         self._episode_count += 1
@@ -440,37 +478,68 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             )
         prev_mask = self._mask
         self._turn += 1
+        predicted = False
         if plan.prompts is not None and plan.request is not None and prediction is not None:
             self._prompts, self._logits = plan.prompts, prediction.logits
             self._mask, self._score = _frozen_copy(prediction.mask), prediction.score
             self._rule.commit(plan.kind, plan.request, prediction)
+            predicted = True
         if plan.invalid is not None:
             self._num_invalid += 1
         terminated = plan.kind == A.ActionKind.STOP
         return self._finish_turn(
-            prev_mask, plan.action, int(plan.kind), plan.invalid, terminated, None
+            prev_mask, plan.action, int(plan.kind), plan.invalid, terminated, None, predicted
         )
 
-    def _state_token(self) -> tuple[int, int]:
-        """Changes with every reset and every turn: tells a stale ``StepPlan``."""
-        return self._episode_count, self._turn
+    def _state_token(self) -> tuple[int, int, int]:
+        """Changes with every reset, every turn and every reply: tells a stale ``StepPlan``."""
+        return self._episode_count, self._turn, self._free_rejects
 
-    def reject(self, reason: str, *, end: bool = False) -> StepResult:
-        """Spend a turn on a reply that gave no action (a malformed MLLM reply), without raising.
+    def note_reply(self, text: str, *, scored: bool = True) -> None:
+        """Record the reply text that the next turn (``step`` or :meth:`reject`) comes from.
+
+        For text envs (``MedSegTextEnv`` calls it before every turn it takes for a reply): the
+        reward's terms see the episode's replies (``StepContext.replies``; MedSAM-Agent's
+        format score reads them). ``scored=False`` keeps the mask that the next turn's
+        segmenter call produces out of the masks the reward scores
+        (``StepContext.mask_ious``), as MedSAM-Agent's RL loop does for a reply that also
+        asks to stop. A second call before the turn replaces the first.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            RuntimeError: no episode is open.
+        """
+        self._require_episode()
+        if self._done:
+            raise RuntimeError("the episode is over; call reset() before note_reply()")
+        if not isinstance(text, str):
+            raise TypeError(f"note_reply() takes the reply as a str; got {type(text).__name__}")
+        self._pending_reply = (text, bool(scored))
+
+    def reject(self, reason: str, *, end: bool = False, spend_turn: bool = True) -> StepResult:
+        """Take a reply that gave no action (a malformed MLLM reply) as a turn, without raising.
 
         The text env's invalid-action path, kept here so that no wrapper re-implements the
-        reward: the mask and prompts stay as they are, the turn counts, ``info["invalid_action"]``
-        and ``info["format_error"]`` give ``reason``, and the reward's terms see
+        reward: the mask and prompts stay as they are, ``info["invalid_action"]`` and
+        ``info["format_error"]`` give ``reason``, and the reward's terms see
         ``StepContext(kind=REJECTED, valid=False, format_error=reason)``. ``end=True`` ends the
         episode (``terminated``), as a protocol whose malformed-reply rule stops the episode
         asks; otherwise it is truncated only when the turn budget is spent.
+
+        ``spend_turn=False`` takes the reply without spending a turn of the budget: ``turn``
+        stays and no truncation follows, as MedSAM-Agent's EVAL loop retries a failed reply
+        (``infer/unibiomed_inference_toolusing.py`` lines 356 and 503-516: only executed
+        actions count against ``max_clicks``). The reward still sees the rejected reply.
         """
         self._require_episode()
         if self._done:
             raise RuntimeError("the episode is over; call reset() before reject()")
         if not isinstance(reason, str) or not reason:
             raise ValueError(f"reject() needs the reason as a non-empty str; got {reason!r}")
-        self._turn += 1
+        if spend_turn:
+            self._turn += 1
+        else:
+            self._free_rejects += 1
         self._num_invalid += 1
         self._num_format_errors += 1
         return self._finish_turn(self._mask, A.stop(), REJECTED, reason, bool(end), reason)
@@ -483,11 +552,23 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         invalid: str | None,
         terminated: bool,
         format_error: str | None,
+        predicted: bool = False,
     ) -> StepResult:
-        """Score the turn just taken and build the step's result (``step`` and ``reject``)."""
+        """Score the turn just taken and build the step's result (``step`` and ``reject``).
+
+        ``predicted``: the turn's segmenter call produced the current mask.
+        """
         dice, iou = dice_iou(self._mask, self._gt)
         self._dices.append(dice)
         self._ious.append(iou)
+        self._kinds.append(kind)
+        scored = True
+        if self._pending_reply is not None:
+            text, scored = self._pending_reply
+            self._replies.append(text)
+            self._pending_reply = None
+        if predicted and scored:
+            self._mask_scores.append((iou, dice))
         truncated = not terminated and self._turn >= self.max_turns
         self._done = terminated or truncated
         ctx = StepContext(
@@ -510,6 +591,10 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             num_invalid=self._num_invalid,
             format_error=format_error,
             num_format_errors=self._num_format_errors,
+            kinds=tuple(self._kinds),
+            replies=tuple(self._replies),
+            mask_ious=tuple(iou for iou, _ in self._mask_scores),
+            mask_dices=tuple(dice for _, dice in self._mask_scores),
         )
         reward, terms = self.reward_fn(ctx)
         return self._obs(), reward, terminated, truncated, self._info(invalid, terms, format_error)
@@ -520,14 +605,16 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             return None
         self._require_episode()
         p = self._prompts
-        return overlay(self._image, self._mask, p.points, p.labels, p.box)
+        points, box = self._on_canvas(p.points, p.box)
+        return overlay(self._image, self._canvas_mask(self._mask), points, p.labels, box)
 
     def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
         """The mask ``action`` would give now, without taking the turn (a fresh array).
 
         For expert policies that search over candidate prompts (``HybridExpert``): the state,
-        the turn count and the RNG are untouched. Returns ``(mask (S, S) bool, invalid reason
-        or None)``; a stop or an invalid action returns the current mask.
+        the turn count and the RNG are untouched. Returns ``(mask (F, F) bool`` (``F =
+        frame_size``), ``invalid reason or None)``; a stop or an invalid action returns the
+        current mask.
         """
         self._require_episode()
         kind, point, box = A.validate(action)
@@ -597,23 +684,25 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
         ``(None, None)`` for stop.
         """
-        size = self.obs_size
+        size = int(self._gt.shape[0])  # the frame: the canvas, or the sample's own pixels
         if kind in (A.ActionKind.POSITIVE_CLICK, A.ActionKind.NEGATIVE_CLICK):
             if not self.segmenter.supports("point"):
                 return None, f"segmenter {self.segmenter.name!r} does not take clicks (box-only)"
             x, y = to_pixels(point, size)
             return self._prompts.with_point(x, y, kind == A.ActionKind.POSITIVE_CLICK), None
         if kind == A.ActionKind.BOX:
-            x0, x1 = sorted(to_pixels(box[[0, 2]], size))
-            y0, y1 = sorted(to_pixels(box[[1, 3]], size))
+            corners = np.asarray(to_pixels(box, size), np.float64)
+            if self.sort_box_corners:
+                corners = _sorted_box(corners)
+            width, height = abs(corners[2] - corners[0]), abs(corners[3] - corners[1])
             if not self.segmenter.supports("box"):
                 return None, f"segmenter {self.segmenter.name!r} does not take boxes"
-            if min(x1 - x0, y1 - y0) < self.min_box_size:
+            if min(width, height) < self.min_box_size:
                 return None, (
-                    f"degenerate box {x1 - x0:.1f}x{y1 - y0:.1f} px; "
+                    f"degenerate box {width:.1f}x{height:.1f} px; "
                     f"sides must be at least min_box_size={self.min_box_size} px"
                 )
-            return self._prompts.with_box(np.array([x0, y0, x1, y1])), None
+            return self._prompts.with_box(corners), None
         return None, None
 
     def _num_prompts(self) -> int:
@@ -621,15 +710,38 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
 
     def _obs(self) -> Observation:
         p = self._prompts
+        size = self.obs_size
+        points, box = self._on_canvas(p.points, p.box)
+        mask = self._canvas_mask(self._mask)
         obs = {
             "image": self._image.copy(),
-            "mask": (self._mask[..., None] * np.uint8(255)).astype(np.uint8),
-            "prompts": prompt_map(self._mask.shape, p.points, p.labels, p.box),
+            "mask": (mask[..., None] * np.uint8(255)).astype(np.uint8),
+            "prompts": prompt_map((size, size), points, p.labels, box),
             "turn": np.array([self._turn], np.int64),
         }
         if self._hint is not None:
-            obs["hint"] = hint_map(self._mask.shape, *self._hint)
+            obs["hint"] = hint_map((size, size), *self._canvas_pixel(*self._hint))
         return obs
+
+    def _canvas_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A frame mask on the ``(S, S)`` canvas (the same array when the frame is the canvas)."""
+        if mask.shape[0] == self.obs_size:
+            return mask
+        return geometry.resample_square_mask(mask, self.obs_size)
+
+    def _on_canvas(
+        self, points: np.ndarray, box: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Frame pixel coordinates of clicks and a box on the canvas (the box sorted, to draw)."""
+        scale = self.obs_size / self._gt.shape[0]
+        canvas_box = None if box is None else _sorted_box(np.asarray(box, np.float64) * scale)
+        return np.asarray(points, np.float64) * scale, canvas_box
+
+    def _canvas_pixel(self, row: int, col: int) -> tuple[int, int]:
+        """The canvas pixel that holds the centre of frame pixel ``(row, col)``."""
+        scale = self.obs_size / self._gt.shape[0]
+        last = self.obs_size - 1
+        return min(int((row + 0.5) * scale), last), min(int((col + 0.5) * scale), last)
 
     def _draw_hint(self, index: int, gt: np.ndarray) -> tuple[int, int] | None:
         """The episode's hint pixel ``(row, col)``, or None without ``target_hint``.
@@ -675,13 +787,18 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         if self._hint is None:
             return None
         row, col = self._hint
-        x, y = pixel_center(row, col, self.obs_size)
+        x, y = pixel_center(row, col, int(self._gt.shape[0]))
         return float(x), float(y)
 
     def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-        """Letterbox sample ``index`` into the ``S×S`` canvas (memoised per sample).
+        """Sample ``index``'s canvas image, its target in the episode's frame, and the frame's
+        pixel spacing (memoised per sample).
 
-        The memo keeps the most recently used canvases up to ``FRAME_MEMO_BYTES``, so a long
+        The image is the sample letterboxed into the ``S×S`` canvas (the observation). The
+        target is letterboxed with it, or with ``native_resolution`` the sample's own mask
+        padded to ``L×L`` (``geometry.pad_square``), with the sample's own spacing.
+
+        The memo keeps the most recently used entries up to ``FRAME_MEMO_BYTES``, so a long
         run over a large dataset does not hold a second copy of all of it. The memoised
         target is read-only: every episode on the sample shares it.
         """
@@ -689,7 +806,11 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         if framed is not None:
             self._framed.move_to_end(index)
             return framed
-        image, target, spacing = geometry.letterbox(self.dataset[index], self.obs_size)
+        sample = self.dataset[index]
+        image, target, spacing = geometry.letterbox(sample, self.obs_size)
+        if self.native_resolution:
+            target = geometry.pad_square(sample.mask)
+            spacing = (float(sample.spacing[0]), float(sample.spacing[1]))
         target.flags.writeable = False
         framed = self._framed[index] = image, target, spacing
         self._framed_bytes += image.nbytes + target.nbytes
@@ -697,6 +818,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             _, (old_image, old_target, _) = self._framed.popitem(last=False)
             self._framed_bytes -= old_image.nbytes + old_target.nbytes
         return framed
+
+
+def _sorted_box(box: np.ndarray) -> np.ndarray:
+    """``(x0, y0, x1, y1)`` with each pair of coordinates in increasing order."""
+    x0, x1 = sorted((float(box[0]), float(box[2])))
+    y0, y1 = sorted((float(box[1]), float(box[3])))
+    return np.array([x0, y0, x1, y1])
 
 
 def _frozen_copy(array: np.ndarray) -> np.ndarray:
@@ -719,6 +847,15 @@ def _check_known_options(config: Mapping[str, Any]) -> None:
         named = " and an ".join(f"unexpected keyword argument {key!r}" for key in unknown)
         known = ", ".join(["render_mode", *sorted(default_config())])
         raise TypeError(f"MedSegEnv.__init__() got an {named}; known options: {known}")
+
+
+def _check_bool_option(name: str, value: Any) -> bool:
+    """A ``bool`` option (NumPy's too); anything else is refused rather than read as truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"MedSegEnv option {name} must be a bool; got {value!r} ({type(value).__name__})"
+        )
+    return bool(value)
 
 
 def _check_render_mode(render_mode: Any, modes: list[str]) -> None:
@@ -828,7 +965,11 @@ class _EnvOracle:
 
     @property
     def obs_size(self) -> int:
-        return self._env.obs_size
+        return self._env.frame_size
+
+    @property
+    def current_mask(self) -> np.ndarray:
+        return self._env.current_mask
 
     @property
     def min_box_size(self) -> float:

@@ -145,6 +145,33 @@ def unletterbox_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return content[np.ix_(rows, cols)]
 
 
+def pad_square(mask: np.ndarray) -> np.ndarray:
+    """An ``(H, W)`` mask at its own resolution in an ``L×L`` square, ``L = max(H, W)``.
+
+    The native frame of ``MedSegEnv(native_resolution=True)``: the mask unscaled at the
+    top-left, zero-padded at the bottom/right, so normalised coordinates times ``L`` are the
+    sample's own pixels (the letterbox geometry at scale 1). A fresh bool array.
+    """
+    height, width = mask.shape
+    side = max(height, width)
+    out = np.zeros((side, side), bool)
+    out[:height, :width] = np.asarray(mask, bool)
+    return out
+
+
+def resample_square_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A square mask resampled to ``size×size`` by nearest neighbour (pixel centres).
+
+    Each output pixel takes the value of the input pixel its centre falls in; both squares
+    cover the same normalised extent (the native frame onto the canvas, and back).
+    """
+    side = mask.shape[0]
+    if mask.shape != (side, side):
+        raise ValueError(f"resample_square_mask needs a square mask; got shape {mask.shape}")
+    index = np.minimum(((np.arange(size) + 0.5) * side / size).astype(int), side - 1)
+    return np.asarray(mask, bool)[np.ix_(index, index)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Normalised square coordinates ↔ pixels
 # ---------------------------------------------------------------------------------------------

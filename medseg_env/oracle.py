@@ -5,7 +5,7 @@ policies (oracle box, hybrid prompting) also need the ground truth and a few fac
 episode; they read them through one typed surface, ``Oracle``, and nothing else::
 
     oracle = env.get_wrapper_attr("oracle")   # Gymnasium's way: works through any wrapper
-    gt = oracle.ground_truth                  # (S, S) bool, read-only
+    gt = oracle.ground_truth                  # (F, F) bool, read-only
 
 ``get_wrapper_attr`` returns the outermost definition, so a wrapper that changes the frame or
 the prompt kinds the agent may use exposes its own ``oracle`` and every shipped policy follows
@@ -26,27 +26,36 @@ from .segmenters.types import PromptKind, Prompts
 class Oracle(Protocol):
     """What oracle and expert policies may read; never part of the observation.
 
-    Coordinates are observation-canvas pixels (``S = obs_size``), as in ``medseg_env.geometry``.
+    Coordinates are pixels of the episode's square frame, of side ``F = obs_size``: the
+    observation canvas, or with ``MedSegEnv(native_resolution=True)`` the sample at its own
+    resolution (``F`` its longest side). Normalised action coordinates times ``F`` are frame
+    pixels either way (``medseg_env.geometry``).
     """
 
     @property
     def ground_truth(self) -> np.ndarray:
-        """The target's ``(S, S)`` bool mask (a read-only view)."""
+        """The target's ``(F, F)`` bool mask (a read-only view)."""
+        ...
+
+    @property
+    def current_mask(self) -> np.ndarray:
+        """The episode's current ``(F, F)`` bool mask (a copy), in the ground truth's frame."""
         ...
 
     @property
     def prompts(self) -> Prompts:
-        """The prompts the segmenter accepted so far (canvas pixel coordinates)."""
+        """The prompts the segmenter accepted so far (frame pixel coordinates)."""
         ...
 
     @property
     def obs_size(self) -> int:
-        """``S``, the side of the square observation, in pixels."""
+        """``F``, the side of the square frame of ``ground_truth``, in pixels: the observation's
+        ``S``, or the sample's longest side at native resolution."""
         ...
 
     @property
     def min_box_size(self) -> float:
-        """Boxes with a side below this many canvas pixels are invalid actions."""
+        """Boxes with a side below this many frame pixels are invalid actions."""
         ...
 
     def supports(self, kind: PromptKind) -> bool:
@@ -54,7 +63,7 @@ class Oracle(Protocol):
         ...
 
     def preview(self, action: Action) -> tuple[np.ndarray, str | None]:
-        """The ``(S, S)`` bool mask ``action`` would give now, and the invalid reason or None.
+        """The ``(F, F)`` bool mask ``action`` would give now, and the invalid reason or None.
 
         Takes no turn, changes no state and draws nothing from any random generator.
         """

@@ -14,8 +14,15 @@ Built in, in this order:
 - ``medsam_agent_eval`` (MedSAM-Agent's evaluation code): a box alone with the previous logits;
   once logits exist, the last click alone with them; before that, every click; the best of the
   decoder's 3 candidates by its own score each time.
-- ``medsam_agent_rl`` (its training tools, as the package reads them): the new prompt alone
-  with the previous logits; one mask.
+- ``medsam_agent_rl`` (its RL tools, ``RL-verl/recipe/medsam_agent/
+  medsam_iterative_agent_loop.py`` lines 142-155 and ``RL-verl/api_server/segmentation_api.py``
+  lines 378-480): the new prompt alone, with the logits of the previous call *of the same
+  tool*, one mask. The RL loop opens one segmentation-server session per tool name
+  (``f"{episode_id}_{tool_name}"``), and each session chains its own logits: ``add_bbox``
+  calls chain with ``add_bbox`` calls, ``add_point`` calls (positive or negative) with
+  ``add_point`` calls, so the first click after a box gets no mask input.
+- ``medsam_agent_rl_one_chain``: as ``medsam_agent_rl`` but with one logit chain across tools
+  (the previous call's logits, whatever its tool): the switch for that quirk.
 
 ## A rule
 
@@ -136,8 +143,31 @@ class MedSAMAgentEval(PromptingRule):
         return PredictRequest(embedding, call, logits, multimask=True)
 
 
+def _alone(kind: ActionKind, prompts: Prompts) -> Prompts:
+    """The turn's new prompt on its own: the box, or the last click."""
+    if kind == ActionKind.BOX:
+        assert prompts.box is not None
+        return Prompts().with_box(prompts.box)
+    return _last_click(prompts)
+
+
+def _tool(kind: ActionKind) -> str:
+    """The MedSAM-Agent tool an action kind is a call of."""
+    return "add_bbox" if kind == ActionKind.BOX else "add_point"
+
+
 class MedSAMAgentRL(PromptingRule):
-    """MedSAM-Agent's training tools: the new prompt alone with the previous logits, one mask."""
+    """MedSAM-Agent's RL tools: the new prompt alone, one logit chain per tool name, one mask.
+
+    The logits fed back are those of the last call of the same tool in this episode
+    (``add_bbox`` or ``add_point``), None before its first call; see the module docstring.
+    """
+
+    def __init__(self) -> None:
+        self._chains: dict[str, torch.Tensor] = {}
+
+    def start_episode(self) -> None:
+        self._chains = {}
 
     def request(
         self,
@@ -147,12 +177,25 @@ class MedSAMAgentRL(PromptingRule):
         embedding: Embedding,
         logits: torch.Tensor | None,
     ) -> PredictRequest:
-        if kind == ActionKind.BOX:
-            assert prompts.box is not None
-            alone = Prompts().with_box(prompts.box)
-        else:
-            alone = _last_click(prompts)
-        return PredictRequest(embedding, alone, logits)
+        previous = self._chains.get(_tool(kind))
+        return PredictRequest(embedding, _alone(kind, prompts), previous, multimask=False)
+
+    def commit(self, kind: ActionKind, request: PredictRequest, prediction: Prediction) -> None:
+        self._chains[_tool(kind)] = prediction.logits
+
+
+class MedSAMAgentRLOneChain(PromptingRule):
+    """``medsam_agent_rl`` with one logit chain across tools: the previous call's logits."""
+
+    def request(
+        self,
+        kind: ActionKind,
+        prompts: Prompts,
+        *,
+        embedding: Embedding,
+        logits: torch.Tensor | None,
+    ) -> PredictRequest:
+        return PredictRequest(embedding, _alone(kind, prompts), logits, multimask=False)
 
 
 def _last_click(prompts: Prompts) -> Prompts:
@@ -210,3 +253,4 @@ def make_prompting_rule(name: str) -> PromptingRule:
 register_prompting_rule("accumulate", Accumulate)
 register_prompting_rule("medsam_agent_eval", MedSAMAgentEval)
 register_prompting_rule("medsam_agent_rl", MedSAMAgentRL)
+register_prompting_rule("medsam_agent_rl_one_chain", MedSAMAgentRLOneChain)

@@ -19,11 +19,13 @@ Presets (``reward="..."``):
 - ``dice_gain`` (default): ``ΔDice − 0.01 per prompt − 0.05 per invalid action``.
 - ``iou_gain``: the same with IoU.
 - ``final_dice``: sparse, the Dice when the episode ends (stop or truncation), else 0.
-- ``medsam_agent``: the MedSAM-Agent paper's episode-level reward, as its public code computes
-  it, given when the episode ends: ``0.2·format + 0.8·clip01(0.5·IoU_T + 0.5·Dice_T −
-  (maxIoU − IoU_T) − 0.01·turns + 0.1·Σ max(0, ΔIoU))``. Here ``format`` is 1 when every action
-  of the episode was valid (and, in a text env, every reply well-formed) and 0 otherwise, and
-  ``turns`` counts prompts (not the stop).
+- ``medsam_agent``: MedSAM-Agent's RL reward, equal to ``compute_score`` of its released code
+  (``RL-verl/recipe/medsam_agent/medsam_reward.py`` at ``bfb43be``, lines 160-562), paid when
+  the episode ends: ``0.2·format + 0.8·clip01(base − penalty + bonus)`` (see
+  :func:`medsam_agent_score`). ``format`` is 1 / 0.5 / 0 from the ``<tool_call>`` blocks of
+  all the episode's replies (an interaction call anywhere, the last call a ``stop_action``);
+  ``base``, ``penalty`` and ``bonus`` come from the masks the episode scored, as the RL loop
+  keeps them (``StepContext.mask_ious``).
 
 ``prompt_proximity`` grades how near a positive click (or a box's centre) came to the target
 (1 on it, falling to 0 at a quarter of the canvas away): shaping for training from scratch,
@@ -35,11 +37,14 @@ preset already charges such a turn through ``invalid_action``.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .actions import ActionKind
 from .registry import Registry, UnknownNameError, callable_entries
@@ -54,13 +59,22 @@ REJECTED = -1
 class StepContext:
     """Everything a reward term may look at after one step.
 
-    Masks are ``(S, S)`` bool arrays in observation pixels. ``ious`` and ``dices`` hold the
-    value after every turn so far, starting with the empty initial mask, so ``ious[-1]`` is
-    this step's IoU and ``len(ious) - 1`` the number of turns taken.
+    Masks are square bool arrays in the env's pixel frame: the ``(S, S)`` observation canvas,
+    or with ``native_resolution`` the sample at its own resolution (``(L, L)``, ``L`` its
+    longest side; see ``MedSegEnv``). ``ious`` holds the IoU after every turn so far (rejected
+    replies included), starting with the empty initial mask, so ``ious[-1]`` is this step's
+    IoU; ``kinds`` holds every turn's kind, so ``len(kinds)`` is the number of turns.
 
     A turn spent on a reply that gave no action (``MedSegEnv.reject``: a malformed MLLM reply)
     has ``kind == REJECTED`` (-1), ``valid`` False, ``format_error`` set to the reason and the
     stop action as ``action``; ``num_invalid`` counts it too, ``num_format_errors`` only these.
+
+    ``replies`` are the reply texts of a text env's episode so far (``MedSegEnv.note_reply``;
+    empty for a structured episode). ``mask_ious`` and ``mask_dices`` score the masks the
+    episode's segmenter calls produced and kept, in order (the empty initial mask is not one
+    of them): a text protocol may keep a call's mask out of that record
+    (``note_reply(..., scored=False)``), as MedSAM-Agent's RL loop does for a reply that also
+    asks to stop.
     """
 
     prev_mask: np.ndarray
@@ -82,6 +96,10 @@ class StepContext:
     num_invalid: int
     format_error: str | None = None
     num_format_errors: int = 0
+    kinds: tuple[int, ...] = ()
+    replies: tuple[str, ...] = ()
+    mask_ious: tuple[float, ...] = ()
+    mask_dices: tuple[float, ...] = ()
 
     @property
     def episode_over(self) -> bool:
@@ -118,21 +136,210 @@ def final_iou(ctx: StepContext) -> float:
     return ctx.iou if ctx.episode_over else 0.0
 
 
+# ---------------------------------------------------------------------------------------------
+# MedSAM-Agent's RL reward: compute_score of RL-verl/recipe/medsam_agent/medsam_reward.py
+# (CUHK-AIM-Group/MedSAM-Agent at bfb43be); line numbers below are that file's.
+# ---------------------------------------------------------------------------------------------
+
+MEDSAM_AGENT_LATER_TURN = (
+    "Here is the updated mask after your previous action.\n"
+    "Based on this, what is your next action? "
+    "If the mask is now accurate, you can call 'stop_action' to finish."
+)
+"""The user text between two replies of MedSAM-Agent's RL loop
+(``medsam_iterative_agent_loop.py`` lines 503-507; ``MedSAMAgentRLProtocol.later_turn``)."""
+
+MEDSAM_AGENT_TURN_SEPARATOR = "\nuser\n" + MEDSAM_AGENT_LATER_TURN + "\nassistant\n"
+"""What joins two replies in the text ``compute_score`` reads: the RL loop's response tokens
+decoded with ``skip_special_tokens=True`` (``reward_loop/naive.py`` line 92), where the user
+turn between two replies is ``<|im_end|>\\n<|im_start|>user\\n<image>TEXT<|im_end|>\\n
+<|im_start|>assistant\\n`` without its special tokens."""
+
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_INTERACTION_TOOLS = frozenset({"add_bbox", "add_point"})
+_MAX_SCORED_MASKS = 32  # compute_score's default cap on the mask history (lines 357-368)
+
+
+def medsam_agent_solution(replies: Sequence[str]) -> str:
+    """The episode text ``compute_score`` reads: the replies joined by the RL loop's user turn
+    (``MEDSAM_AGENT_TURN_SEPARATOR``)."""
+    return MEDSAM_AGENT_TURN_SEPARATOR.join(replies)
+
+
+def medsam_agent_format(solution: str) -> float:
+    """``compute_score``'s format score of an episode's text (lines 275-335): 1, 0.5 or 0.
+
+    Every ``<tool_call>(.*?)</tool_call>`` block of the whole text counts (a block may span
+    replies). "Interaction": some block, read as JSON, names ``add_bbox`` or ``add_point``;
+    a block that does not read (not JSON, not an object, an unhashable name) counts when its
+    text contains either name. "Stop": the last block, read as JSON, is an object named
+    ``stop_action``; one that is not JSON counts when its text contains ``stop_action``. Both
+    give 1, one gives 0.5, neither (or no block) 0.
+    """
+    blocks = _TOOL_CALL_BLOCK.findall(solution)
+    if not blocks:
+        return 0.0
+    interaction = False
+    for block in blocks:
+        try:
+            data = json.loads(block.strip())
+            if data.get("name", "") in _INTERACTION_TOOLS:
+                interaction = True
+                break
+        except Exception:  # noqa: BLE001 (the released code reads any failure as "not JSON")
+            if "add_bbox" in block or "add_point" in block:
+                interaction = True
+                break
+    last = blocks[-1].strip()
+    try:
+        data = json.loads(last)
+        stop = isinstance(data, dict) and data.get("name") == "stop_action"
+    except Exception:  # noqa: BLE001
+        stop = "stop_action" in last
+    if interaction and stop:
+        return 1.0
+    return 0.5 if interaction or stop else 0.0
+
+
+def medsam_agent_quality(ious: Sequence[float], dices: Sequence[float]) -> float:
+    """``compute_score``'s quality, in [0, 1], from the IoU and Dice of the scored masks.
+
+    Lines 435-534: the last mask's ``base = 0.5·IoU + 0.5·Dice`` (its IoU alone when its Dice
+    is 0); with two masks or more, ``penalty = (max IoU − last IoU) + 0.01·(number of
+    masks)``, the first part only when the gap is at least 1e-6, and ``bonus = 0.1·Σ`` of the
+    positive IoU steps from one mask to the next; ``clip01(base − penalty + bonus)``. No mask:
+    0. At most the first 32 masks count (the released default cap).
+    """
+    ious, dices = list(ious)[:_MAX_SCORED_MASKS], list(dices)[:_MAX_SCORED_MASKS]
+    if len(ious) != len(dices):
+        raise ValueError(f"need one Dice per IoU; got {len(ious)} IoUs and {len(dices)} Dices")
+    return _quality(ious, dices)
+
+
+def _quality(ious: list[float], dices: list[float]) -> float:
+    if not ious:
+        return 0.0
+    final_iou, final_dice = float(ious[-1]), float(dices[-1])
+    penalty = bonus = 0.0
+    if len(ious) > 1:
+        best = max(ious)
+        overshoot = 0.0 if abs(best - final_iou) < 1e-6 else (best - final_iou) * 1.0
+        penalty = overshoot + len(ious) * 0.01
+        for before, after in zip(ious, ious[1:], strict=False):
+            if after - before > 0:
+                bonus += (after - before) * 0.1
+    base = 0.5 * final_iou + 0.5 * final_dice if final_dice > 0 else final_iou
+    return max(0.0, min(1.0, base - penalty + bonus))
+
+
+def _reference_mask(mask: Any) -> np.ndarray:
+    """A mask or ground truth read as ``compute_score`` reads it (lines 379-407): an array,
+    its first channel when it has three axes, then ``uint8`` (so ``True`` becomes 1)."""
+    array = np.array(mask)
+    if array.ndim == 3:
+        array = array[:, :, 0]
+    if array.dtype != np.uint8:
+        array = array.astype(np.uint8)
+    return array
+
+
+def _reference_metrics(mask: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """IoU and Dice of two 0..255 masks thresholded at ``> 127`` (lines 20-71)."""
+    pred, target = mask > 127, gt > 127
+    inter = int(np.count_nonzero(pred & target))
+    union = int(np.count_nonzero(pred | target))
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(target))
+    iou = inter / union if union else (1.0 if inter == 0 else 0.0)
+    dice = 2.0 * inter / total if total else (1.0 if inter == 0 else 0.0)
+    return float(iou), float(dice)
+
+
+def medsam_agent_score(
+    solution: str,
+    masks: Sequence[Any],
+    ground_truth: Any,
+    *,
+    num_turns: int | None = None,
+) -> float:
+    """MedSAM-Agent's RL reward of one episode, as ``compute_score`` computes it.
+
+    ``0.2·medsam_agent_format(solution) + 0.8·quality``, ``quality`` being
+    :func:`medsam_agent_quality` of the masks' IoU and Dice against the ground truth.
+
+    Args:
+        solution: the episode's text (``medsam_agent_solution(replies)``: every reply, the
+            unexecuted last one included).
+        masks: the masks the RL loop kept (``pred_mask``), in order: arrays or PIL images,
+            0..255 (``uint8``, ``> 127`` is the mask), ``(H, W)`` or with channels (the first
+            is read). Read exactly as the released code reads them: other dtypes are cast to
+            ``uint8``, so a bool mask reads as 0/1 and is empty; pass ``mask * 255``. A mask
+            of another size than the ground truth is resized to it with PIL's NEAREST.
+        ground_truth: the target mask, read the same way; None scores quality 0.
+        num_turns: ``extra_info["num_turns"]`` of the released reward loop: when a positive
+            int, only the first ``num_turns`` masks count (else the first 32).
+
+    Exceptions are those of the released code's guarded steps: a mask that cannot be read
+    scores IoU and Dice 0, as there.
+    """
+    fmt = medsam_agent_format(solution)
+    masks = list(masks)
+    cap = num_turns if isinstance(num_turns, int) and num_turns > 0 else _MAX_SCORED_MASKS
+    masks = masks[:cap]
+    if ground_truth is None or not masks:
+        return 0.2 * fmt
+    try:
+        gt = _reference_mask(ground_truth)
+    except Exception:  # noqa: BLE001 (the released code scores such a case 0)
+        return 0.2 * fmt
+    ious: list[float] = []
+    dices: list[float] = []
+    for mask in masks:
+        try:
+            array = _reference_mask(mask)
+            if array.shape != gt.shape:
+                resized = Image.fromarray(np.ascontiguousarray(array)).resize(
+                    (gt.shape[1], gt.shape[0]), Image.Resampling.NEAREST
+                )
+                array = np.array(resized)
+            iou, dice = _reference_metrics(array, gt)
+        except Exception:  # noqa: BLE001 (lines 429-433: a failed turn scores 0)
+            iou, dice = 0.0, 0.0
+        ious.append(iou)
+        dices.append(dice)
+    return 0.2 * fmt + 0.8 * _quality(ious, dices)
+
+
+def _format_of(ctx: StepContext) -> float:
+    """The format score of the episode: from its replies, or from its actions when it has
+    none (a structured episode: an interaction when any turn was a prompt, a stop when the
+    last turn was the stop action)."""
+    if ctx.replies:
+        return medsam_agent_format(medsam_agent_solution(ctx.replies))
+    kinds = ctx.kinds or (ctx.kind,)
+    interaction = any(
+        k in (ActionKind.POSITIVE_CLICK, ActionKind.NEGATIVE_CLICK, ActionKind.BOX) for k in kinds
+    )
+    stop = kinds[-1] == ActionKind.STOP
+    if interaction and stop:
+        return 1.0
+    return 0.5 if interaction or stop else 0.0
+
+
 def medsam_agent(ctx: StepContext) -> float:
-    """MedSAM-Agent's outcome + process reward, paid once when the episode ends."""
+    """MedSAM-Agent's RL reward (``compute_score``), paid once when the episode ends.
+
+    ``0.2·format + 0.8·quality``: the format of the episode's replies
+    (:func:`medsam_agent_format`) and the quality of the masks it kept
+    (:func:`medsam_agent_quality` of ``ctx.mask_ious`` / ``ctx.mask_dices``). An episode that
+    kept no mask scores its final mask alone, as the RL loop hands the reward its latest mask
+    (or an empty one) then (``medsam_iterative_agent_loop.py`` lines 242-270).
+    """
     if not ctx.episode_over:
         return 0.0
-    ious = np.asarray(ctx.ious)
-    positive_gains = float(np.clip(np.diff(ious), 0.0, None).sum())
-    quality = (
-        0.5 * ctx.iou
-        + 0.5 * ctx.dice
-        - (float(ious.max()) - ctx.iou)
-        - 0.01 * ctx.num_prompts
-        + 0.1 * positive_gains
-    )
-    fmt = float(ctx.num_invalid == 0)
-    return 0.2 * fmt + 0.8 * float(np.clip(quality, 0.0, 1.0))
+    ious, dices = list(ctx.mask_ious), list(ctx.mask_dices)
+    if not ious:
+        ious, dices = [ctx.iou], [ctx.dice]
+    return 0.2 * _format_of(ctx) + 0.8 * medsam_agent_quality(ious, dices)
 
 
 def prompt_proximity(ctx: StepContext) -> float:

@@ -52,6 +52,7 @@ class StubOracle:
 
     ground_truth: np.ndarray | None = None
     prompts: Prompts = field(default_factory=Prompts)
+    current_mask: np.ndarray | None = None
     obs_size: int = 64
     min_box_size: float = 2.0
     kinds: frozenset[str] = frozenset({"box", "point"})

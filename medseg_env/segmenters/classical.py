@@ -237,6 +237,8 @@ class Classical(Segmenter):
         box = None
         if prompts.box is not None:
             box = np.asarray(prompts.box, np.float64).reshape(4) * np.tile(to_base, 2)
+            # corners in either order (an env with sort_box_corners=False passes them as given)
+            box = np.concatenate([np.minimum(box[:2], box[2:]), np.maximum(box[:2], box[2:])])
         previous = None
         if self.use_previous and previous_logits is not None:
             previous = self._previous_mask(previous_logits)

@@ -259,10 +259,17 @@ class Sam2FamilySegmenter(Segmenter):
             default ``multimask_output=True``) does. Pair it with the env's
             ``prompting="medsam_agent_eval"`` (which picks the prompts of each call) to
             reproduce that evaluation.
+        medsam_agent_rl: decode one mask on every call, as MedSAM-Agent's RL segmentation
+            server does (``RL-verl/api_server/segmentation_api.py``: ``SAM2ImagePredictor``
+            with ``multimask_output=False`` from its tools, lines 378-480); with
+            ``MedSAM2`` it also picks the server's model (see ``MedSAM2``). Pair it with the
+            env's ``prompting="medsam_agent_rl"`` (one logit chain per tool). Not together
+            with ``medsam_agent_eval``.
         dynamic_multimask, seed: see ``build_sam2_model``.
         use_mask_input: feed the previous turn's logits back as SAM 2's mask input.
         multimask_single_click: a lone click (no box, no mask input) decodes three candidates
-            and keeps the best (SAM 2's rule for one-point prompts).
+            and keeps the best (SAM 2's rule for one-point prompts). Default: on, off with
+            ``medsam_agent_rl``.
         allow_random_init: with no checkpoint, use seeded random weights (tests only).
         device: ``"auto"``/``None`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...; float32.
     """
@@ -286,8 +293,9 @@ class Sam2FamilySegmenter(Segmenter):
         object_gating: bool | None = None,
         dynamic_multimask: bool = True,
         use_mask_input: bool = True,
-        multimask_single_click: bool = True,
+        multimask_single_click: bool | None = None,
         seed: int = 0,
+        medsam_agent_rl: bool = False,
     ) -> None:
         if checkpoint is None and not allow_random_init:
             raise ValueError(
@@ -295,8 +303,17 @@ class Sam2FamilySegmenter(Segmenter):
                 "(nothing is downloaded automatically); allow_random_init=True builds random "
                 "weights for tests"
             )
+        if medsam_agent_eval and medsam_agent_rl:
+            raise ValueError(
+                "medsam_agent_eval=True and medsam_agent_rl=True are two different setups "
+                "(MedSAM-Agent's evaluation decodes the best of 3 masks, its RL server one); "
+                "give one of them"
+            )
         super().__init__(cache)
         self.medsam_agent_eval = bool(medsam_agent_eval)
+        self.medsam_agent_rl = bool(medsam_agent_rl)
+        if multimask_single_click is None:
+            multimask_single_click = not self.medsam_agent_rl
         config = config if config is not None else self._default_config()
         preprocessing = preprocessing or self._default_preprocessing()
         if preprocessing not in ("sam2", "medsam2"):
@@ -465,9 +482,17 @@ class MedSAM2(Sam2FamilySegmenter):
     (``sam2.1_hiera_t512``), the image resized to 512×512 with PIL bicubic, /255 and ImageNet
     mean/std, and the mask blanked when the object score says "no object" (its video path).
 
-    ``medsam_agent_eval=True`` runs it as MedSAM-Agent does instead: ``build_sam2`` with
-    ``sam2.1_hiera_t`` (1024) and ``SAM2ImagePredictor`` (its preprocessing, no gating), the best
-    of three candidates on every call.
+    ``medsam_agent_eval=True`` runs it as MedSAM-Agent's evaluation does instead: ``build_sam2``
+    with ``sam2.1_hiera_t`` (1024) and ``SAM2ImagePredictor`` (its preprocessing, no gating), the
+    best of three candidates on every call.
+
+    ``medsam_agent_rl=True`` runs it as MedSAM-Agent's RL segmentation server does
+    (``RL-verl/api_server/segmentation_api.py``: ``build_sam2`` of
+    ``configs/sam2.1/sam2.1_hiera_t.yaml``, lines 188-202, and ``SAM2ImagePredictor.predict``
+    with ``multimask_output=False``, lines 144-156): ``sam2.1_hiera_t`` at 1024, SAM 2's own
+    preprocessing (``SAM2Transforms``), no gating, one mask on every call (SAM 2's dynamic
+    fallback to the best candidate of an unstable single mask kept, as ``build_sam2`` sets
+    it). The same as ``sam2`` with ``multimask_single_click=False``.
     """
 
     name = "medsam2"
@@ -475,11 +500,14 @@ class MedSAM2(Sam2FamilySegmenter):
     default_preprocessing: Preprocessing = "medsam2"
     default_object_gating = True
 
+    def _medsam_agent(self) -> bool:
+        return self.medsam_agent_eval or self.medsam_agent_rl
+
     def _default_config(self) -> str:
-        return "sam2.1_hiera_t" if self.medsam_agent_eval else self.default_config
+        return "sam2.1_hiera_t" if self._medsam_agent() else self.default_config
 
     def _default_preprocessing(self) -> Preprocessing:
-        return "sam2" if self.medsam_agent_eval else self.default_preprocessing
+        return "sam2" if self._medsam_agent() else self.default_preprocessing
 
     def _default_object_gating(self) -> bool:
-        return not self.medsam_agent_eval and self.default_object_gating
+        return not self._medsam_agent() and self.default_object_gating

@@ -28,8 +28,10 @@ class Prompts:
     Attributes:
         points: ``(N, 2)`` float ``(x, y)`` pixel coordinates.
         labels: ``(N,)`` int, 1 for a positive click, 0 for a negative one.
-        box: ``(4,)`` float ``(x0, y0, x1, y1)`` pixel coordinates with ``x0 < x1, y0 < y1``,
-            or ``None``.
+        box: ``(4,)`` float ``(x0, y0, x1, y1)`` pixel coordinates, or ``None``: the first
+            corner, then the second; ``x0 <= x1, y0 <= y1`` unless the env passes corners as
+            given (``MedSegEnv(sort_box_corners=False)``), which a backend that needs them in
+            order sorts itself.
     """
 
     points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))

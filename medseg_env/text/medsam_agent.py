@@ -16,14 +16,19 @@ medsam_dataset.py`` builds), and both reply in Qwen's Hermes format
 - user texts start with a literal ``<image>`` (after the image part, so the model reads the
   string ``<image>``); the first is ``"<image>The target to be segmented is: {target}.\\n Now,
   please analyze..."`` (a space after the newline);
-- the image is ``thumbnail``-ed to 512 (Lanczos; PIL's ``thumbnail`` never enlarges, so a
-  smaller image is only padded) and pasted centred on a white 512×512 canvas. The overlay is
-  made *after* that: the mask, at the original ``H×W``, is resized to 512×512 with NEAREST
-  (stretched over the whole canvas, padding included, so it is misaligned with the content
-  of any non-square or smaller-than-512 image), then ``pixel * 0.5 + green * 0.5`` (float,
-  truncated to uint8) on the mask; the first turn shows no overlay;
+- the image is ``thumbnail``-ed to 512 (PIL's ``Image.thumbnail``, Lanczos: its own size
+  rounding and two-step reduction, and it never enlarges, so a smaller image is only padded)
+  and pasted centred on a white 512×512 canvas (``ImageRule(mode="thumbnail_white")``). The
+  overlay is made *after* that: the mask, at the original ``H×W``, is resized to 512×512 with
+  NEAREST and thresholded at ``> 128`` (stretched over the whole canvas, padding included, so
+  it is misaligned with the content of any non-square or smaller-than-512 image:
+  ``overlay_mask="stretched"``), then ``pixel * 0.5 + green * 0.5`` (float, truncated to
+  uint8) on the mask; the first turn shows no overlay;
 - a grid value maps to ``round(v / 999 * W)`` of the ORIGINAL image (``GRID_999_ROUND``), not
   of the padded thumbnail the model saw: the two agree only for square images of >= 512 px;
+- a box is passed to the segmenter as the two corners the model wrote, each mapped to a pixel
+  coordinate (``round(v / 999 * W)``) and nothing more: not sorted, no ``+1`` on the far
+  edge, 999 not clamped (``raw_box_corners``; the env option ``sort_box_corners=False``);
 - parsing reads the first ``<tool_call>\\s*{...}\\s*</tool_call>`` only; keys missing their
   opening quote (``{"x": 5, y": 6}``) are repaired by the released regex (fully unquoted keys
   are not); the legacy ``add_positive_point`` / ``add_negative_point`` (arguments ``x``,
@@ -31,15 +36,24 @@ medsam_dataset.py`` builds), and both reply in Qwen's Hermes format
   two numbers (the first two are used); box corners are taken in either order;
 - a reply with no usable call is retried once (``retries=1``; the retry counter resets after
   every action), and a ``stop_action`` as the very first action is retried once too, from the
-  same budget (``retry_first_stop``). Before the first action the runner scripts
-  (``reset_history_per_image=True``) clear the history at every prompt, so a first-turn retry
-  starts afresh; a later retried reply stays in the history (and adds one more history image),
-  and the retry is asked with the later-turn text again;
+  same budget (``retry_first_stop``). Retries do not spend the turn budget: the loop runs
+  ``while actual_click_count < max_clicks`` and counts executed actions only
+  (``infer/unibiomed_inference_toolusing.py`` lines 356-516; ``retries_spend_turns=False``).
+  Before the first action the runner scripts (``reset_history_per_image=True``:
+  ``infer/run_single_inference.py`` line 125, ``infer/unibiomed_inference_toolusing_multi_gpu.py``
+  line 429) clear the history at every prompt (lines 363-373), so a first-turn retry resends
+  the turn-1 text with a fresh history (``first_retry_restarts``); a later retried reply stays
+  in the history (and adds one more history image), and the retry is asked with the
+  later-turn text again. An empty reply is never saved to the history
+  (``infer/models/model_loader.py`` line 1147, ``if save_history and response``), so it is
+  asked again unchanged (``keep_empty_replies=False``);
 - up to 5 actions (``max_turns``; retried replies do not count); the history keeps the last 5
   turns (``max_history_length=5``), but each history user message shows the overlay of the
   *next* turn (the intermediate image list starts at turn 1 and is indexed from the history's
-  start), and the newest history turn shows the original full-size image, not the thumbnail;
-- the segmenter is called as ``medsam_agent_eval``; generation is capped at 128 new tokens.
+  start), and the newest history turn shows the original full-size image, not the thumbnail
+  (not reproduced: each history message here keeps the image of its own turn);
+- the segmenter segments the original image (``native_resolution``; ``min_box_size=0``: any
+  box runs) and is called as ``medsam_agent_eval``; generation is capped at 128 new tokens.
 
 ``medsam_agent_rl`` (RL: ``medsam_dataset.py``, ``medsam_iterative_agent_loop.py``, the verl
 tools ``verl/tools/medsam_unified_point_tools.py``, ``configs/``, ``run.sh``):
@@ -58,12 +72,24 @@ tools ``verl/tools/medsam_unified_point_tools.py``, ``configs/``, ``run.sh``):
   ``point_type`` must be exactly ``positive``/``negative``; ``point_2d`` exactly 2 numbers;
   ``x1 >= x2`` or ``y1 >= y2`` is an error;
 - a reply with no call, or a call the tool rejects, ends the episode (``retries=0``);
+- a reply whose first call runs and a later call is ``stop_action`` ends the episode, and
+  the mask of the call that ran is left out of the masks the reward scores
+  (``medsam_iterative_agent_loop.py`` lines 466-476; ``score_stop_after_mask=False``);
 - at most 5 assistant turns; the 5th reply is generated but never executed
-  (``execute_last_turn=False``), so at most 4 actions; the full history is kept.
+  (``execute_last_turn=False``), so at most 4 actions; the full history is kept;
+- each tool name has its own segmentation-server session, so ``add_bbox`` and ``add_point``
+  chain their logits separately (``prompting="medsam_agent_rl"``); the server is SAM 2.1
+  hiera-tiny at 1024 with one mask per call (``MedSAM2(medsam_agent_rl=True)``); the original
+  image is segmented and scored (``native_resolution``, ``min_box_size=0``), and a box's
+  corners are passed as written (``raw_box_corners``: ``int(v * W / 1000)``, no ``+1``).
 
 Neither released path checks the grid range (nor, on RL, ``bool`` or finite values); here an
 out-of-range, non-finite, boolean or string coordinate is an error, so every parsed call maps
 into the image.
+
+Both protocols reproduce the released code by default; each rule above that a user may not
+want is a protocol setting, switched with ``protocol.replace(...)`` (``Protocol.SETTINGS``),
+or an env option. ``docs/medsam-agent.md`` lists them, with the released file and line.
 """
 
 from __future__ import annotations
@@ -278,14 +304,20 @@ class MedSAMAgentProtocol(_MedSAMAgentBase):
         "action? If the mask is now accurate, you can call 'stop_action' to finish."
     )
     frame = geometry.GRID_999_ROUND
-    # upscale=True fits images smaller than 512 to the square; the released thumbnail only
-    # pads them, which leaves their coordinates off (README: "Quirks"); upscale=False is that.
-    image_rule = ImageRule(side=512, mode="letterbox_white", upscale=True, resample="lanczos")
+    image_rule = ImageRule(
+        side=512, mode="thumbnail_white", resample="lanczos", overlay_mask="stretched"
+    )
     history_turns = 5
     execute_last_turn = True
     retries = 1
     retry_first_stop = True
     segmenter_call = "medsam_agent_eval"
+    native_resolution = True
+    min_box_size = 0.0
+    raw_box_corners = True
+    retries_spend_turns = False
+    first_retry_restarts = True
+    keep_empty_replies = False
 
     def _parse(self, text: str) -> ParsedReply:
         found = call_objects(text)
@@ -367,6 +399,10 @@ class MedSAMAgentRLProtocol(_MedSAMAgentBase):
     execute_last_turn = False
     retries = 0
     segmenter_call = "medsam_agent_rl"
+    native_resolution = True
+    min_box_size = 0.0
+    raw_box_corners = True
+    score_stop_after_mask = False
 
     def _parse(self, text: str) -> ParsedReply:
         if "<tool_call>" not in text or "</tool_call>" not in text:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -32,16 +33,38 @@ _FILTERS = {
 }
 
 
+def thumbnail_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """``(w, h)`` that PIL's ``Image.thumbnail((side, side))`` gives a ``width×height`` image.
+
+    Pillow's rule: an image that fits already keeps its size (never enlarged); otherwise the
+    side that limits is ``side`` and the other is the floor or the ceiling of the scaled
+    length, whichever keeps the aspect ratio closer (at least 1).
+    """
+    if side >= width and side >= height:
+        return width, height
+    aspect = width / height
+
+    def closest(value: float, error: Callable[[int], float]) -> int:
+        return max(min(math.floor(value), math.ceil(value), key=error), 1)
+
+    if aspect <= 1:
+        return closest(side * aspect, lambda n: abs(aspect - n / side)), side
+    return side, closest(side / aspect, lambda n: 0 if n == 0 else abs(aspect - side / n))
+
+
 def _placement(width: int, height: int, rule: ImageRule) -> tuple[tuple[int, int], tuple[int, int]]:
     """Where the image lands in the model's square: ``((w, h) after resize, (left, top))``."""
     side = rule.side
     if rule.mode == "stretch":
         return (side, side), (0, 0)
-    scale = side / max(width, height)
-    if scale < 1 or (scale > 1 and rule.upscale):
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if rule.mode == "thumbnail_white":
+        size = thumbnail_size(width, height, side)
     else:
-        size = (width, height)
+        scale = side / max(width, height)
+        if scale < 1 or (scale > 1 and rule.upscale):
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        else:
+            size = (width, height)
     return size, ((side - size[0]) // 2, (side - size[1]) // 2)
 
 
@@ -49,12 +72,18 @@ def apply_image_rule(image: np.ndarray, rule: ImageRule) -> Image.Image:
     """``(H, W, 3)`` uint8 → the ``side``×``side`` RGB image the model sees.
 
     ``stretch``: resized to the square. ``letterbox_white``: scaled to fit the square with its
-    aspect kept, centred on white; with ``rule.upscale`` False a smaller image is only padded,
-    never enlarged, as PIL's ``thumbnail`` in MedSAM-Agent's EVAL code.
+    aspect kept, centred on white (``rule.upscale`` False: a smaller image is only padded).
+    ``thumbnail_white``: PIL's ``Image.thumbnail((side, side), filter)`` (never enlarges; its
+    own rounding of the size and its two-step reduction, ``reducing_gap=2.0``), centred on
+    white, as MedSAM-Agent's EVAL code makes its image
+    (``infer/unibiomed_inference_toolusing.py`` lines 280-296).
     """
     pil = Image.fromarray(np.ascontiguousarray(image, np.uint8), "RGB")
     size, offset = _placement(pil.size[0], pil.size[1], rule)
-    if size != pil.size:
+    if rule.mode == "thumbnail_white":
+        pil = pil.copy()
+        pil.thumbnail((rule.side, rule.side), _FILTERS[rule.resample])
+    elif size != pil.size:
         pil = pil.resize(size, _FILTERS[rule.resample])
     if rule.mode == "stretch":
         return pil
@@ -64,12 +93,22 @@ def apply_image_rule(image: np.ndarray, rule: ImageRule) -> Image.Image:
 
 
 def mask_in_view(mask: np.ndarray, rule: ImageRule) -> np.ndarray:
-    """``(H, W)`` bool mask → where it lies in the model's square (the image's geometry).
+    """``(H, W)`` bool mask → where it is tinted in the model's square.
 
-    Resized bilinearly and thresholded at half, as MedSAM-Agent's RL code resizes its masks;
-    nothing outside the image content (the white padding) is masked.
+    ``rule.overlay_mask == "aligned"``: moved with the image (the image's geometry), resized
+    bilinearly and thresholded at ``> 127``, as MedSAM-Agent's RL loop resizes its masks
+    (``medsam_iterative_agent_loop.py`` lines 78-86); nothing outside the image content (the
+    white padding) is masked. ``"stretched"``: the 0/255 mask resized to the whole
+    ``side×side`` square with NEAREST and thresholded at ``> 128``, padding included, as
+    MedSAM-Agent's EVAL code does (``infer/models/model_loader.py`` lines 1026-1029); on an
+    image that does not fill the square it is not aligned with the image content.
     """
     height, width = mask.shape
+    if rule.overlay_mask == "stretched":
+        pil = Image.fromarray(np.asarray(mask, np.uint8) * np.uint8(255), "L")
+        if (width, height) != (rule.side, rule.side):
+            pil = pil.resize((rule.side, rule.side), Image.Resampling.NEAREST)
+        return np.asarray(pil) > 128
     size, (left, top) = _placement(width, height, rule)
     pil = Image.fromarray(np.asarray(mask, np.uint8) * np.uint8(255), "L")
     if size != (width, height):

@@ -15,6 +15,7 @@ maps to an action inside the env's action space.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -86,21 +87,25 @@ class ParsedReply:
 class ImageRule:
     """How a protocol turns the image (with or without the overlay) into the model's input.
 
-    ``mode``: ``"letterbox_white"`` (thumbnail into ``side``×``side``, aspect kept, centred on
-    white; MedSAM-Agent's EVAL path) or ``"stretch"`` (resized to ``side``×``side``).
-    ``upscale`` False: a letterboxed image smaller than ``side`` is padded but never enlarged,
-    as PIL's ``thumbnail`` in the released EVAL code does (a quirk; see the README).
+    ``mode``: ``"thumbnail_white"`` (PIL's ``thumbnail`` into ``side``×``side``: aspect kept,
+    never enlarged, Pillow's size rounding and two-step reduction; centred on white:
+    MedSAM-Agent's EVAL path), ``"letterbox_white"`` (scaled to fit ``side``×``side`` with a
+    plain resize, aspect kept, centred on white; ``upscale`` False: an image smaller than
+    ``side`` is padded but never enlarged) or ``"stretch"`` (resized to ``side``×``side``).
     ``resample``: the PIL filter of the image resize. ``tint_first``: the mask is tinted on the
     image at its own resolution before the resize (SegAgent); otherwise the image is resized
-    first and the mask, moved by the same geometry (bilinear, thresholded at half), is tinted
-    on the result (MedSAM-Agent's paths).
+    first and the mask is tinted on the result (MedSAM-Agent's paths), placed as
+    ``overlay_mask`` says: ``"aligned"`` (moved by the image's geometry, bilinear, ``> 127``:
+    the RL loop) or ``"stretched"`` (NEAREST over the whole square, padding included,
+    ``> 128``: the EVAL code; see ``messages.mask_in_view``).
     """
 
     side: int = 512
-    mode: Literal["letterbox_white", "stretch"] = "stretch"
+    mode: Literal["thumbnail_white", "letterbox_white", "stretch"] = "stretch"
     upscale: bool = True
     resample: Literal["lanczos", "bilinear", "bicubic"] = "bicubic"
     tint_first: bool = False
+    overlay_mask: Literal["aligned", "stretched"] = "aligned"
 
 
 def grid_integers(values: object, count: int, key: str, frame: geometry.GridFrame) -> list[int]:
@@ -124,6 +129,19 @@ def grid_integers(values: object, count: int, key: str, frame: geometry.GridFram
             raise ValueError(f"{key} value {value!r} outside 0..{frame.max_value}")
         out.append(rounded)
     return out
+
+
+def _fits(name: str, value: Any, current: Any) -> bool:
+    """Whether ``value`` may replace the protocol setting ``name`` (now ``current``)."""
+    if name == "image_rule":
+        return isinstance(value, ImageRule)
+    if name in ("history_turns", "min_box_size"):
+        return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    if isinstance(current, bool):
+        return isinstance(value, bool)
+    if isinstance(current, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(current))
 
 
 class Protocol(ABC):
@@ -157,6 +175,27 @@ class Protocol(ABC):
             ``"medsam_agent_eval"``, ``"medsam_agent_rl"``, or one a plug-in registers);
             ``get_protocol`` refuses a protocol that names an unknown one. ``MedSeg-Text-v0``
             uses it unless ``prompting`` is given.
+        native_resolution: the env option the protocol's code works at (``MedSegEnv``'s
+            ``native_resolution``: masks and metrics at the sample's own resolution).
+        min_box_size: the env's ``min_box_size`` under this protocol, or None for the env's
+            default.
+        raw_box_corners: a box goes to the segmenter with the corners the model wrote, mapped
+            to pixel coordinates and nothing more (no sorting, no ``+1`` on the far edge, no
+            clamping; the env option ``sort_box_corners=False``); False: the box covers the
+            pixels its corners name, sorted.
+        retries_spend_turns: a retried reply (``retries``, ``retry_first_stop``) spends a turn
+            of the budget (``MedSegEnv.reject(spend_turn=...)``).
+        first_retry_restarts: a reply retried before the first action restarts the
+            conversation: the history is dropped and the first turn's text is sent again.
+        keep_empty_replies: an empty reply (``""``) is kept in the history; False: it leaves
+            no trace in the conversation and the same turn is asked again.
+        score_stop_after_mask: when a reply also asks to stop (``ParsedReply.stop_after``),
+            the mask of its executed call counts in the reward's masks
+            (``MedSegEnv.note_reply(scored=...)``).
+
+    ``MedSeg-Text-v0`` builds its env with ``env_options()``. A protocol with some of these
+    changed is ``protocol.replace(name=value, ...)`` (a copy), which ``MedSeg-Text-v0`` and
+    ``MedSegTextEnv`` take in place of a name.
     """
 
     name: str
@@ -176,6 +215,73 @@ class Protocol(ABC):
     retries: int = 0
     retry_first_stop: bool = False
     segmenter_call: str = "accumulate"
+    native_resolution: bool = False
+    min_box_size: float | None = None
+    raw_box_corners: bool = False
+    retries_spend_turns: bool = True
+    first_retry_restarts: bool = False
+    keep_empty_replies: bool = True
+    score_stop_after_mask: bool = True
+
+    SETTINGS = (
+        "image_rule",
+        "history_turns",
+        "max_turns",
+        "execute_last_turn",
+        "retries",
+        "retry_first_stop",
+        "segmenter_call",
+        "native_resolution",
+        "min_box_size",
+        "raw_box_corners",
+        "retries_spend_turns",
+        "first_retry_restarts",
+        "keep_empty_replies",
+        "score_stop_after_mask",
+    )
+    """The attributes ``replace`` may change: the protocol's rules, not its texts or grid."""
+
+    def replace(self, **changes: Any) -> Protocol:
+        """A copy of the protocol with some rules changed (the switches of its quirks).
+
+        ``get_protocol("medsam_agent").replace(retries_spend_turns=True)``. The names are those
+        of ``SETTINGS``; a value must have the type of the attribute it replaces.
+
+        Raises:
+            TypeError: an unknown name, or a value of the wrong type.
+        """
+        unknown = sorted(set(changes) - set(self.SETTINGS))
+        if unknown:
+            raise TypeError(
+                f"Protocol.replace() got unknown setting(s) {unknown}; known: {list(self.SETTINGS)}"
+            )
+        out = copy.copy(self)
+        for name, value in changes.items():
+            current = getattr(self, name)
+            if not _fits(name, value, current):
+                raise TypeError(
+                    f"Protocol.replace(): {name} must be like {current!r} "
+                    f"({type(current).__name__}); got {value!r} ({type(value).__name__})"
+                )
+            setattr(out, name, value)
+        return out
+
+    def env_options(self) -> dict[str, Any]:
+        """The ``MedSegEnv`` options this protocol's released code runs with.
+
+        ``max_turns``, ``prompting`` (``segmenter_call``), ``native_resolution``,
+        ``sort_box_corners`` (not ``raw_box_corners``) and, when the protocol sets one,
+        ``min_box_size``. ``MedSeg-Text-v0`` uses each unless given.
+        """
+        options: dict[str, Any] = {
+            "max_turns": self.max_turns,
+            "prompting": self.segmenter_call,
+            "native_resolution": self.native_resolution,
+            "sort_box_corners": not self.raw_box_corners,
+        }
+        if self.min_box_size is not None:
+            options["min_box_size"] = float(self.min_box_size)
+        return options
 
     @abstractmethod
     def parse(self, text: str) -> ParsedReply:

@@ -178,7 +178,7 @@ class ToolSession:
 
     @property
     def format_ok(self) -> bool:
-        """No invalid turn (the ``medsam_agent`` preset's format term)."""
+        """No invalid turn: every reply gave a call and every action could be carried out."""
         return self.invalid_turns == 0
 
     def user_content(self) -> Content | None:

@@ -2,12 +2,17 @@
 
 ``step(reply)`` takes the model's raw reply text. The protocol (``medseg_env.text``) parses it
 into a tool call; the call's grid coordinates become an action on the env's canvas, and the
-env takes the turn. A reply that gives no call (malformed, an unknown tool, a coordinate out of
-range, no call at all) never raises: it goes through the env's invalid-action path
-(``MedSegEnv.reject``, reached down the wrapper chain with ``get_wrapper_attr``, so a wrapper in
-between that defines ``reject`` sees it), so the turn is spent, ``info["format_error"]`` gives
-the reason, the reward's terms see it, and the protocol's rule decides whether the episode goes
-on (``retries`` malformed replies in a row are tolerated) or ends.
+env takes the turn. Every reply is recorded with the env first (``MedSegEnv.note_reply``), so
+the reward's terms see the episode's replies. A reply that gives no call (malformed, an
+unknown tool, a coordinate out of range, no call at all) never raises: it goes through the
+env's invalid-action path (``MedSegEnv.reject``, reached down the wrapper chain with
+``get_wrapper_attr``, so a wrapper in between that defines ``reject`` sees it; it is called
+with ``spend_turn=False`` under a protocol whose retries spend no turn), so
+``info["format_error"]`` gives the reason, the reward's terms see it, and the protocol's rule
+decides whether the episode goes on (``retries`` malformed replies in a row are tolerated, and
+``retries_spend_turns`` says whether they spend the turn budget) or ends. A retried reply
+before the first action restarts the conversation under ``first_retry_restarts``, and an
+empty reply leaves no trace in it without ``keep_empty_replies``.
 
 The observation is the conversation so far as OpenAI-style chat messages, in the protocol's
 history mode (``info["messages"]`` is the same list), so a stateless policy sends it as it
@@ -15,7 +20,9 @@ is. Images are PIL images or PNG data URLs (``images="pil" | "data_url"``).
 
 The model sees the sample at its own resolution (not the canvas), with the current mask tinted
 on it, through the protocol's image rule; grid coordinates refer to that image, as in
-MedSAM-Agent's code.
+MedSAM-Agent's code. ``make_text_env`` (``MedSeg-Text-v0``) builds the env with the protocol's
+``env_options()`` (turn budget, prompting rule, ``native_resolution``, box corners, minimum
+box size) unless they are given.
 
 A trainer whose loop stops with the episode still open (a token budget, a dropped tool result)
 ends it with :meth:`MedSegTextEnv.close_episode`; ``medseg_env.text.tool_session`` drives
@@ -179,28 +186,41 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
             raise TypeError(f"MedSeg-Text-v0 takes the reply as a str; got {type(action).__name__}")
         if not self._turns or self._base.episode_over:
             raise RuntimeError("the episode is over; call reset() before step()")
-        parsed = self.protocol.parse(action)
+        proto = self.protocol
+        parsed = proto.parse(action)
         last_allowed = self._base.turn + 1 >= self._base.max_turns
-        executed = parsed.ok and (self.protocol.execute_last_turn or not last_allowed)
+        executed = parsed.ok and (proto.execute_last_turn or not last_allowed)
         reason = parsed.error or "no tool call"
+        before_first_action = self._accepted_prompts() == 0
         retry_stop = (
-            self.protocol.retry_first_stop
+            proto.retry_first_stop
             and parsed.call is not None
             and parsed.call.name == "stop_action"
-            and self._accepted_prompts() == 0
-            and self._errors_in_row < self.protocol.retries
+            and before_first_action
+            and self._errors_in_row < proto.retries
         )
-        if parsed.call is None or retry_stop:
+        retried = parsed.call is None or retry_stop
+        note_reply = self.env.get_wrapper_attr("note_reply")
+        if retried:
             if retry_stop:
                 reason, executed = "stop before any action: retried", False
             self._errors_in_row += 1
-            end = self._errors_in_row > self.protocol.retries
+            end = self._errors_in_row > proto.retries
+            note_reply(action)
             reject = self.env.get_wrapper_attr("reject")  # a wrapper in between may see it
-            _, reward, terminated, truncated, info = reject(reason, end=end)
+            # only a protocol whose retries are free passes spend_turn, so a wrapper's reject
+            # written against the older signature keeps working under the others
+            free = {} if proto.retries_spend_turns else {"spend_turn": False}
+            _, reward, terminated, truncated, info = reject(reason, end=end, **free)
         else:
             self._errors_in_row = 0
+            # a reply that also stops: its executed call's mask may stay out of the reward's
+            scored = proto.score_stop_after_mask or not parsed.stop_after
+            note_reply(action, scored=scored)
             inner = cast(gym.Env[Any, A.Action], self.env)  # the wrapped env takes actions
-            step_action = self.to_action(parsed.call) if executed else A.stop()
+            call = parsed.call
+            assert call is not None  # not retried: the reply gave a call
+            step_action = self.to_action(call) if executed else A.stop()
             _, step_reward, terminated, truncated, info = inner.step(step_action)
             reward = float(step_reward)
             if not executed:  # the protocol's budget ran out: the reply is recorded, not run
@@ -209,12 +229,20 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
                 # a later call of the reply stopped: MedSAM-Agent's RL loop ends the episode
                 _, stop_reward, terminated, truncated, info = inner.step(A.stop())
                 reward += float(stop_reward)
-        user, _ = self._turns[-1]
-        self._turns[-1] = (user, {"role": "assistant", "content": action})
-        if not (terminated or truncated):
-            text = self.protocol.later_user_text(self._target)
-            view = self._view(self._base.current_mask)
-            self._turns.append((user_message(view, text, self.images), None))
+        over = terminated or truncated
+        if retried and not over and proto.first_retry_restarts and before_first_action:
+            # MedSAM-Agent's EVAL: the history is cleared before the first action, so the
+            # retry is the turn-1 text again with a fresh history
+            self._turns = [(self._turns[0][0], None)]
+        elif retried and not over and action == "" and not proto.keep_empty_replies:
+            pass  # an empty reply is not saved: the same turn is asked again
+        else:
+            user, _ = self._turns[-1]
+            self._turns[-1] = (user, {"role": "assistant", "content": action})
+            if not over:
+                text = proto.later_user_text(self._target)
+                view = self._view(self._base.current_mask)
+                self._turns.append((user_message(view, text, self.images), None))
         messages = self.messages()
         info.update(messages=messages, reply=action, parsed=parsed.to_dict(), executed=executed)
         info["protocol"] = self.protocol.name
@@ -234,6 +262,8 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         """
         if not self._turns or self._base.episode_over:
             raise RuntimeError("no open episode to close; call reset() first")
+        # no reply came: the reward reads an empty one (a model that wrote nothing)
+        self.env.get_wrapper_attr("note_reply")("")
         inner = cast(gym.Env[Any, A.Action], self.env)  # the wrapped env takes actions
         _, reward, terminated, truncated, info = inner.step(A.stop())
         if self._turns[-1][1] is None:
@@ -289,12 +319,19 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
     def target_text(self, target: str, modality: str) -> str:
         return self.target_template.format(target=target, modality=modality)
 
-    def _view(self, canvas_mask: np.ndarray | None) -> Image.Image:
-        """The image of this turn, at the sample's resolution, through the image rule."""
+    def _view(self, frame_mask: np.ndarray | None) -> Image.Image:
+        """The image of this turn, at the sample's resolution, through the image rule.
+
+        ``frame_mask`` is the env's mask (its frame: the canvas, or the sample's own pixels).
+        """
         sample = self._base.sample
         mask = None
-        if canvas_mask is not None:
-            mask = unletterbox_mask(canvas_mask, sample.mask.shape)
+        if frame_mask is not None:
+            height, width = sample.mask.shape
+            if self._base.native_resolution:
+                mask = np.asarray(frame_mask, bool)[:height, :width]
+            else:
+                mask = unletterbox_mask(frame_mask, (height, width))
         p = self.protocol
         return model_image(sample.image, mask, self.image_rule, p.overlay_color, p.overlay_alpha)
 
@@ -307,7 +344,9 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
 
         The grid names pixels of the sample (the protocol's rounding): a click at pixel ``p``
         lands on its centre ``p + 0.5``; a box from ``p0`` to ``p1`` covers both pixels, so its
-        edges are ``p0`` and ``p1 + 1``. Then the letterbox maps the sample to the canvas.
+        edges are ``p0`` and ``p1 + 1``, sorted. Under ``raw_box_corners`` a box is the two
+        corners as written, each at its pixel coordinate (``p0``, ``p1``: no sorting, no
+        ``+1``, no clamping). Then the letterbox maps the sample to the canvas.
         """
         if call.name == "stop_action":
             return A.stop()
@@ -321,6 +360,11 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
             cx, cy = _canvas_normalized(frame.to_target(centre), size)
             return A.click(cx, cy, positive=call.arguments["point_type"] == "positive")
         x1, y1, x2, y2 = call.arguments["bbox_2d"]
+        if self.protocol.raw_box_corners:
+            corner_x = np.asarray(grid.to_pixels(np.array([x1, x2], float), width), float)
+            corner_y = np.asarray(grid.to_pixels(np.array([y1, y2], float), height), float)
+            corners = np.array([corner_x[0], corner_y[0], corner_x[1], corner_y[1]])
+            return A.box(*_canvas_normalized(frame.to_target(corners), size))
         xs = np.sort(np.asarray(grid.to_pixels(np.array([x1, x2], float), width), float))
         ys = np.sort(np.asarray(grid.to_pixels(np.array([y1, y2], float), height), float))
         xs, ys = np.minimum(xs, width - 1), np.minimum(ys, height - 1)
@@ -330,7 +374,8 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
     def to_call(self, action: A.Action) -> ToolCall:
         """The env's action → the protocol's call (the inverse of ``to_action`` up to the grid).
 
-        A click names the pixel it falls in; a box names its first and last covered pixels.
+        A click names the pixel it falls in; a box names its first and last covered pixels, or
+        under ``raw_box_corners`` its two corners as pixel coordinates, in the action's order.
         """
         kind, point, box = A.validate(action)
         if kind == A.ActionKind.STOP:
@@ -340,10 +385,20 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         name = "add_bbox" if kind == A.ActionKind.BOX else "add_point"
         grid = self.protocol.frame_for(ToolCall(name, {}))
 
-        def to_grid(pixels: np.ndarray, extent: int) -> list[int]:
-            pixels = np.clip(pixels, 0, extent - 1)
+        def to_grid(pixels: np.ndarray, extent: int, clip: bool = True) -> list[int]:
+            if clip:
+                pixels = np.clip(pixels, 0, extent - 1)
             return [int(v) for v in np.asarray(grid.from_pixels(pixels, extent)).reshape(-1)]
 
+        if kind == A.ActionKind.BOX and self.protocol.raw_box_corners:
+            x0, y0, x1, y1 = np.rint(frame.to_source(np.asarray(box, float) * size))
+            gx = to_grid(np.clip(np.array([x0, x1]), 0, width), width, clip=False)
+            gy = to_grid(np.clip(np.array([y0, y1]), 0, height), height, clip=False)
+            if gx[0] == gx[1]:
+                gx = _apart(gx, grid)
+            if gy[0] == gy[1]:
+                gy = _apart(gy, grid)
+            return ToolCall("add_bbox", {"bbox_2d": (gx[0], gy[0], gx[1], gy[1])})
         if kind == A.ActionKind.BOX:
             x0, y0, x1, y1 = frame.to_source(np.asarray(box, float) * size)
             first = np.floor([min(x0, x1), min(y0, y1)])
@@ -381,6 +436,10 @@ class _ReplyOracle:
     @property
     def obs_size(self) -> int:
         return self._inner.obs_size
+
+    @property
+    def current_mask(self) -> np.ndarray:
+        return self._inner.current_mask
 
     @property
     def min_box_size(self) -> float:
@@ -427,12 +486,14 @@ def make_text_env(
 ) -> MedSegTextEnv:
     """Entry point of ``MedSeg-Text-v0``: ``MedSegEnv`` + ``MedSegTextEnv``.
 
-    ``max_turns`` and ``prompting`` default to the protocol's (its turn budget and the way
-    its code calls the segmenter); every other option is ``MedSeg-v0``'s.
+    The options of the protocol's ``env_options()`` default to the protocol's: its turn budget
+    (``max_turns``), the way its code calls the segmenter (``prompting``), and for the
+    MedSAM-Agent protocols ``native_resolution=True``, ``sort_box_corners=False`` and
+    ``min_box_size=0``; every other option is ``MedSeg-v0``'s.
     """
     proto = get_protocol(protocol)
-    config.setdefault("max_turns", proto.max_turns)
-    config.setdefault("prompting", proto.segmenter_call)
+    for name, value in proto.env_options().items():
+        config.setdefault(name, value)
     env = MedSegEnv(render_mode=render_mode, **config)
     return MedSegTextEnv(
         env, proto, images=images, target_template=target_template, image_rule=image_rule

@@ -65,7 +65,47 @@ def test_medsam_agent_eval_decodes_the_last_click_alone_best_of_three(
 
 def test_medsam_agent_rl_gives_the_new_prompt_alone(small_demo: Dataset) -> None:
     calls = run(small_demo, "medsam_agent_rl").calls
+    # one logit chain per tool: the first click after the box gets no mask input
+    assert calls == [(0, True, False, False), (1, False, False, False), (1, False, True, False)]
+    calls = run(small_demo, "medsam_agent_rl_one_chain").calls  # the switch: one chain
     assert calls == [(0, True, False, False), (1, False, True, False), (1, False, True, False)]
+
+
+def test_medsam_agent_rl_chains_logits_per_tool_name(small_demo: Dataset) -> None:
+    """R3: ``add_bbox`` calls chain with ``add_bbox`` calls, clicks with clicks, as the RL loop's
+    one segmentation-server session per tool name (``f"{episode_id}_{tool_name}"``) does."""
+    segmenter = make_segmenter("litemedsam_clicks")
+    given: list[object] = []  # previous_logits of each call
+    made: list[object] = []  # logits each call returned
+    real = segmenter.predict
+
+    def predict(embedding, prompts, previous_logits=None, multimask=False):
+        assert not multimask, "the RL server decodes one mask"
+        given.append(previous_logits)
+        prediction = real(embedding, prompts, previous_logits, multimask=multimask)
+        made.append(prediction.logits)
+        return prediction
+
+    segmenter.predict = predict  # type: ignore[method-assign]
+    env = MedSegEnv(dataset=small_demo, segmenter=segmenter, prompting="medsam_agent_rl")
+    for episode in range(2):
+        env.reset(seed=episode, options={"sample_index": 0})
+        gt = env.ground_truth
+        rows, cols = np.nonzero(gt)
+        r, c, size = int(rows.mean()), int(cols.mean()), gt.shape[0]
+        box = A.pixel_box(rows.min(), cols.min(), rows.max(), cols.max(), size)
+        start = len(given)
+        for action in (
+            box,  # 0: add_bbox, no chain yet
+            A.pixel_click(r, c, size, positive=True),  # 1: add_point, no chain yet
+            A.pixel_click(rows.min(), cols.min(), size, positive=False),  # 2: after 1
+            box,  # 3: after 0, not after the clicks
+            A.pixel_click(r, c, size, positive=True),  # 4: after 2
+        ):
+            env.step(action)
+        got, out = given[start:], made[start:]
+        assert got[0] is None and got[1] is None  # a new episode starts both chains afresh
+        assert got[2] is out[1] and got[3] is out[0] and got[4] is out[2]
 
 
 def test_unknown_prompting_mode_is_refused(small_demo: Dataset) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -53,15 +55,43 @@ def test_iou_gain_and_final_dice():
     assert Reward("final_dice")(ctx(dice=0.8, terminated=True))[0] == pytest.approx(0.8)
 
 
+def _call(name: str) -> str:
+    arguments = {"bbox_2d": [1, 2, 30, 40]} if name == "add_bbox" else {}
+    if name == "add_point":
+        arguments = {"point_2d": [5, 6], "point_type": "positive"}
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(arguments)}}}\n</tool_call>'
+
+
 def test_medsam_agent_formula_by_hand():
-    # ious over turns: 0 -> 0.6 -> 0.8 -> 0.7 (stop after 3 prompts)
-    c = ctx(terminated=True, iou=0.7, dice=2 * 0.7 / 1.7, ious=(0.0, 0.6, 0.8, 0.7), num_prompts=3)
-    quality = 0.5 * 0.7 + 0.5 * (1.4 / 1.7) - (0.8 - 0.7) - 0.03 + 0.1 * 0.8
-    assert Reward("medsam_agent")(c)[0] == pytest.approx(0.2 + 0.8 * quality)
-    # an invalid action anywhere loses the format part; the value is clipped to [0, 1]
-    bad = ctx(terminated=True, iou=0.0, dice=0.0, ious=(0.0, 0.0), num_invalid=1)
-    assert Reward("medsam_agent")(bad)[0] == 0.0
-    assert Reward("medsam_agent")(ctx(iou=0.9, ious=(0.0, 0.9)))[0] == 0.0  # not over yet
+    # three scored masks, IoU 0.6 -> 0.8 -> 0.7, then a stop: format 1
+    replies = (_call("add_bbox"), _call("add_point"), _call("add_point"), _call("stop_action"))
+    dices = (0.75, 8 / 9, 1.4 / 1.7)
+    c = ctx(
+        terminated=True,
+        iou=0.7,
+        dice=1.4 / 1.7,
+        kind=0,
+        replies=replies,
+        mask_ious=(0.6, 0.8, 0.7),
+        mask_dices=dices,
+    )
+    # the step from the empty mask is no bonus; the turn cost counts the scored masks
+    quality = 0.5 * 0.7 + 0.5 * (1.4 / 1.7) - ((0.8 - 0.7) + 0.03) + 0.1 * (0.8 - 0.6)
+    assert Reward("medsam_agent")(c)[0] == pytest.approx(0.2 + 0.8 * quality, abs=1e-12)
+    # one scored mask: no penalty and no bonus; no stop call: format 0.5
+    one = ctx(
+        truncated=True,
+        iou=0.5,
+        dice=2 / 3,
+        replies=replies[:1],
+        mask_ious=(0.5,),
+        mask_dices=(2 / 3,),
+    )
+    assert Reward("medsam_agent")(one)[0] == pytest.approx(0.1 + 0.8 * (0.25 + 1 / 3))
+    # no scored mask: the final mask alone; a structured episode's format from its actions
+    structured = ctx(terminated=True, iou=0.4, dice=4 / 7, kind=0, kinds=(3, 0))
+    assert Reward("medsam_agent")(structured)[0] == pytest.approx(0.2 + 0.8 * (0.2 + 2 / 7))
+    assert Reward("medsam_agent")(ctx(iou=0.9, mask_ious=(0.9,), mask_dices=(0.9,)))[0] == 0.0
 
 
 def test_composition_with_callables_and_registered_terms():

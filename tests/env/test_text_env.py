@@ -113,7 +113,8 @@ def test_malformed_reply_takes_the_invalid_action_path(
         assert info["format_error"] and info["invalid_action"] == info["format_error"]
         assert info["parsed"]["call"] is None and not info["executed"]
         assert info["reward_terms"]["invalid_action"] < 0 and reward < 0
-        assert info["turn"] == attempt + 1
+        # MedSAM-Agent's EVAL retries spend no turn of the budget; the others' do
+        assert info["turn"] == (0 if not proto.retries_spend_turns else attempt + 1)
         assert np.array_equal(env.get_wrapper_attr("current_mask"), mask_before)
         assert terminated == (attempt == survives), "the protocol's retry rule decides"
         assert obs[-1]["role"] == ("assistant" if terminated else "user")
@@ -163,22 +164,29 @@ def test_eval_protocol_keeps_the_last_turns_only(small_demo: Dataset) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("frame", ["canvas", "protocol"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_expert_actions_replayed_as_text_give_the_same_masks(
-    small_demo: Dataset, protocol: str
+    small_demo: Dataset, protocol: str, frame: str
 ) -> None:
     """HybridExpert's actions → protocol text → the text env: the masks of the structured env.
 
     Protocols address pixels of the sample; a canvas finer than the sample (the 128-pixel
     nuclei crop on a 256 canvas) has positions between them that no reply can name, so the
     canvas here is no finer than the smallest sample (128), and what is left is the grid.
+    ``frame="protocol"``: both envs run with the protocol's own env options (MedSAM-Agent's:
+    the sample's own resolution, raw box corners, its prompting rule), as ``MedSeg-Text-v0``
+    builds them.
     """
     proto = get_protocol(protocol)
     budget = proto.max_turns
     executed = budget if proto.execute_last_turn else budget - 1
     size = min(min(s.mask.shape) for s in small_demo)
-    structured = MedSegEnv(dataset=small_demo, max_turns=budget, obs_size=size)
-    text_env = MedSegTextEnv(MedSegEnv(dataset=small_demo, max_turns=budget, obs_size=size), proto)
+    options: dict = {"max_turns": budget, "obs_size": size}
+    if frame == "protocol":
+        options = {**proto.env_options(), **options}
+    structured = MedSegEnv(dataset=small_demo, **options)
+    text_env = MedSegTextEnv(MedSegEnv(dataset=small_demo, **options), proto)
     expert = HybridExpert(seed=0)
     compared = 0
     for index in range(len(small_demo)):

@@ -24,10 +24,10 @@ class SeesRejections(gym.Wrapper):
         super().__init__(env)
         self.reasons: list[tuple[str, bool]] = []
 
-    def reject(self, reason: str, *, end: bool = False) -> tuple[Any, ...]:
+    def reject(self, reason: str, *, end: bool = False, **kwargs: Any) -> tuple[Any, ...]:
         self.reasons.append((reason, end))
         obs, reward, terminated, truncated, info = self.env.get_wrapper_attr("reject")(
-            reason, end=end
+            reason, end=end, **kwargs
         )
         return obs, reward - PENALTY, terminated, truncated, info
 
@@ -43,6 +43,7 @@ class BoxOnly(gym.Wrapper):
             ground_truth = property(lambda _: inner.ground_truth)
             prompts = property(lambda _: inner.prompts)
             obs_size = property(lambda _: inner.obs_size)
+            current_mask = property(lambda _: inner.current_mask)
             min_box_size = property(lambda _: inner.min_box_size)
 
             def supports(self, kind):

@@ -378,13 +378,22 @@ def test_medsam_agent_eval_settings():
         "your next action? If the mask is now accurate, you can call 'stop_action' to finish."
     )
     assert EVAL.frame is geometry.GRID_999_ROUND
-    # fits smaller images to the square (the released thumbnail only pads them: a quirk)
+    # PIL's thumbnail (never enlarges), the mask stretched NEAREST over the square: released
     assert EVAL.image_rule == ImageRule(
-        side=512, mode="letterbox_white", upscale=True, resample="lanczos"
+        side=512, mode="thumbnail_white", resample="lanczos", overlay_mask="stretched"
     )
     assert (EVAL.max_turns, EVAL.history_turns, EVAL.retries) == (5, 5, 1)
     assert EVAL.execute_last_turn and EVAL.retry_first_stop
     assert EVAL.segmenter_call == "medsam_agent_eval"
+    assert not EVAL.retries_spend_turns and EVAL.first_retry_restarts
+    assert not EVAL.keep_empty_replies and EVAL.raw_box_corners
+    assert EVAL.env_options() == {
+        "max_turns": 5,
+        "prompting": "medsam_agent_eval",
+        "native_resolution": True,
+        "sort_box_corners": False,
+        "min_box_size": 0.0,
+    }
     assert [t["function"]["name"] for t in EVAL.tools] == list(TOOL_NAMES)
 
 
@@ -402,6 +411,28 @@ def test_medsam_agent_rl_settings():
     assert (RL.max_turns, RL.history_turns, RL.retries) == (5, None, 0)
     assert not RL.execute_last_turn and not RL.retry_first_stop
     assert RL.segmenter_call == "medsam_agent_rl" and RL.tools == EVAL.tools
+    assert not RL.score_stop_after_mask and RL.raw_box_corners
+    assert RL.env_options() == {
+        "max_turns": 5,
+        "prompting": "medsam_agent_rl",
+        "native_resolution": True,
+        "sort_box_corners": False,
+        "min_box_size": 0.0,
+    }
+
+
+def test_a_protocols_quirks_are_switched_with_replace():
+    switched = EVAL.replace(retries_spend_turns=True, keep_empty_replies=True, min_box_size=2)
+    assert switched is not EVAL and switched.retries_spend_turns and switched.keep_empty_replies
+    assert not EVAL.retries_spend_turns  # the registered protocol is unchanged
+    assert switched.env_options()["min_box_size"] == 2.0
+    assert switched.system_prompt == EVAL.system_prompt
+    with pytest.raises(TypeError, match="unknown setting"):
+        EVAL.replace(system_prompt="x")
+    with pytest.raises(TypeError, match="retries must be like 1"):
+        EVAL.replace(retries=True)
+    with pytest.raises(TypeError, match="image_rule"):
+        EVAL.replace(image_rule="stretch")
 
 
 def test_segagent_settings():
