@@ -90,8 +90,8 @@ class LearnedPolicy(Policy):
             ss.append(s)
         stop = torch.tensor([int(i.get("turn", 0)) >= self.spec.horizon for i in infos])
         with torch.inference_mode():
-            x = network_input(torch.from_numpy(np.stack(xs)))
-            kind, clicks, edges = self.net(x, torch.from_numpy(np.stack(ss)))
+            inputs = network_input(torch.from_numpy(np.stack(xs)))
+            kind, clicks, edges = self.net(inputs, torch.from_numpy(np.stack(ss)))
         choices = greedy(kind, clicks, edges, stop)
         return [
             A.stop() if done else to_action(c, h, self.spec)

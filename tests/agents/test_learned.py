@@ -121,7 +121,7 @@ def test_bad_checkpoints_name_the_file_and_the_field(tmp_path) -> None:
     doc = json.loads(good)
     doc["spec"]["width"] = 8  # the tensors were made for width 4
     spec_file.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match=r"policy.safetensors: tensor 'stem.0.weight'"):
+    with pytest.raises(CheckpointError, match=r"policy.safetensors: tensor '\S+' has shape"):
         load_checkpoint(tmp_path)
     spec_file.write_text(good)
     (tmp_path / "policy.safetensors").write_bytes(b"garbage")

@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stages", choices=("all", "sft"), default="all", help="sft: stop after the SFT stage"
     )
+    parser.add_argument(
+        "--embeddings",
+        default=None,
+        help="the embedding cache folder (default OUT/embeddings; runs can share one)",
+    )
     for f in fields(RecipeConfig):
         if f.name == "grpo":
             continue

@@ -14,7 +14,7 @@ numbers, ``policy_planes``) and the expert's action as the heads' nearest choice
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,16 @@ class Demonstrations:
     def __len__(self) -> int:
         return len(self.kind)
 
+    def at_cell(self, cell: int) -> Demonstrations:
+        """The same turns with the choices at ``cell`` pixels per cell (collected at 1).
+
+        A pixel's cell is its index divided by ``cell``, and a side's bin its distance divided
+        by ``cell``: what ``to_choice`` gives at that resolution.
+        """
+        if cell == 1:
+            return self
+        return replace(self, cell=self.cell // cell, edges=self.edges // cell)
+
     def write(self, path: Path) -> None:
         """Write the arrays to ``path`` (an ``.npz`` archive, whatever the file's name)."""
         with open(path, "wb") as fh:
@@ -72,10 +82,14 @@ def collect(
 ) -> Demonstrations:
     """``per_sample`` expert trajectories on every sample of ``env``'s dataset.
 
+    The choices are recorded at pixel resolution (``cell = 1``) whatever ``spec.cell`` is;
+    ``Demonstrations.at_cell`` gives them at a coarser one.
+
     Each trajectory's style and the expert's draws are seeded from ``(seed, sample id, k)``, as
     the SFT export seeds them, so the data do not depend on the order they are played in.
     """
     config = config or ExportConfig()
+    spec = replace(spec, cell=1)
     styles = [s for s, _ in config.mix]
     weights = np.array([w for _, w in config.mix], float)
     cumulative = np.cumsum(weights / weights.sum())

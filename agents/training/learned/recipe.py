@@ -57,7 +57,7 @@ class RecipeConfig:
     segmenter: str = "litemedsam_clicks"
     orientations: int = 8
     per_sample: int = 2
-    crop: int = 128
+    crop: int = 96
     cell: int = 1
     width: int = 12
     horizon: int = 5
@@ -242,7 +242,7 @@ def _read_curve(path: Path) -> list[dict[str, str]]:
 def stage_data(run: Run) -> Demonstrations:
     path = run.out / "demos.npz"
     if path.exists():
-        return Demonstrations.load(str(path))
+        return Demonstrations.load(str(path)).at_cell(run.config.cell)
     start = time.perf_counter()
     encode_all(run)
     demos = collect(run.train_envs[0], run.config.spec, run.config.per_sample, run.config.seed)
@@ -252,6 +252,7 @@ def stage_data(run: Run) -> Demonstrations:
     _update_summary(run, {"baselines": baselines})
     _add_time(run, "baselines", time.perf_counter() - start)
     atomic_write(path, demos.write)  # last: its presence marks the stage done
+    demos = demos.at_cell(run.config.cell)
     for name, scores in baselines.items():
         run.log(f"baseline {name}: val Dice {scores['val_dice']:.3f}")
     run.log(
