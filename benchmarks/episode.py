@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -68,6 +69,9 @@ class _Episode:
         self.steps: list[Step] = []
         self.act_s: list[float] = []
         self.env_s: list[float] = []
+        # replies retried without spending a turn, and their time: kept with the next turn
+        self._retries: list[dict[str, Any]] = []
+        self._retry_s = (0.0, 0.0)
         self.done = False
         self.terminated = False
         self._prev_mask: np.ndarray | None = None
@@ -75,10 +79,21 @@ class _Episode:
 
     def step(self, action: object, act_s: float) -> None:
         t1 = time.perf_counter()
+        turn_before = self.base.turn
         self.obs, _, terminated, truncated, info = self.env.step(action)
-        self.env_s.append(time.perf_counter() - t1)
-        self.act_s.append(act_s)
+        env_s = time.perf_counter() - t1
         self.info = info
+        if (
+            info.get("format_error")
+            and self.base.turn == turn_before
+            and not (terminated or truncated)
+        ):
+            # a reply retried without spending a turn (MedSAM-Agent's EVAL): not a turn
+            self._retries.append({"reply": info.get("reply"), "parsed": info.get("parsed")})
+            self._retry_s = (self._retry_s[0] + act_s, self._retry_s[1] + env_s)
+            return
+        self.env_s.append(env_s + self._retry_s[1])
+        self.act_s.append(act_s + self._retry_s[0])
         mask = self.base.current_mask
         # An invalid action or a stop leaves the mask as it was: reuse its surface metrics.
         if self._prev_mask is None or not np.array_equal(mask, self._prev_mask):
@@ -90,7 +105,7 @@ class _Episode:
         self._prev_mask = mask
         self.steps.append(
             Step(
-                turn=int(info["turn"]),
+                turn=len(self.steps) + 1,  # the env's turn, or the end after free retries
                 action=_step_action(action, info),
                 invalid=info["invalid_action"],
                 dice=float(info["dice"]),
@@ -101,8 +116,10 @@ class _Episode:
                 num_boxes=int(info["num_boxes"]),
                 reply=info.get("reply"),
                 parsed=info.get("parsed"),
+                retries=tuple(self._retries),
             )
         )
+        self._retries, self._retry_s = [], (0.0, 0.0)
         self.terminated = bool(terminated)
         self.done = bool(terminated or truncated)
 
@@ -215,6 +232,12 @@ class Resources:
         images = policy.images if isinstance(policy, TextPolicy) else None
         key = (spec.dataset, spec.segmenter, spec.budget, protocol, images, slot)
         if key not in self._envs:
+            # a text protocol runs with its released code's env options: its way of calling
+            # the segmenter, and for MedSAM-Agent's the sample's own resolution and raw boxes
+            options = {"prompting": "accumulate"}
+            if protocol:
+                options = get_protocol(protocol).env_options()
+                del options["max_turns"]  # the benchmark's budget
             env: gym.Env = MedSegEnv(
                 dataset=self.plan.datasets[spec.dataset],
                 segmenter=shared_segmenter(spec.segmenter),
@@ -222,8 +245,7 @@ class Resources:
                 max_turns=spec.budget,
                 target_hint=self.plan.config.target_hint,
                 hint_noise=self.plan.config.hint_noise,
-                # a text protocol is scored with its own way of calling the segmenter
-                prompting=get_protocol(protocol).segmenter_call if protocol else "accumulate",
+                **options,
             )
             if isinstance(policy, TextPolicy):
                 env = MedSegTextEnv(env, policy.protocol, images=policy.images)

@@ -40,6 +40,9 @@ class Step:
     Text policies (``MedSeg-Text-v0``) also keep the turn's raw ``reply`` and its ``parsed``
     result (``{"call": ..., "error": ..., "num_calls": n}``); a reply that gave no action has
     ``action == "none"`` and the parse error as ``invalid``. Both are None for other policies.
+    ``retries`` are the replies retried before this turn without spending a turn of the budget
+    (MedSAM-Agent's EVAL protocol, ``retries_spend_turns=False``), each ``{"reply": str,
+    "parsed": {...}}``; their time is in the turn's.
     """
 
     turn: int
@@ -53,11 +56,16 @@ class Step:
     num_boxes: int
     reply: str | None = None
     parsed: dict[str, Any] | None = None
+    retries: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         if self.reply is None and self.parsed is None:  # structured policies: the old format
             del out["reply"], out["parsed"]
+        if self.retries:
+            out["retries"] = [dict(r) for r in self.retries]
+        else:
+            del out["retries"]
         # JSON has no infinity: null stands for "infinite" (one mask empty).
         out["hd95"] = None if math.isinf(self.hd95) else self.hd95
         return out
@@ -70,7 +78,7 @@ class Step:
             ValueError: a missing, unknown or wrongly typed field, or a value out of range
                 (the message says which).
         """
-        _check_keys(data, cls, "step", optional=("reply", "parsed"))
+        _check_keys(data, cls, "step", optional=("reply", "parsed", "retries"))
         step_turn = _int_field(data, "turn", 1)
         if turn is not None and step_turn != turn:
             raise ValueError(f"turn = {step_turn}, expected {turn} (turns count from 1)")
@@ -103,9 +111,21 @@ class Step:
             raise ValueError(f"reply = {_show(reply)}, expected a string or null")
         if parsed is not None and not (isinstance(parsed, dict) and "error" in parsed):
             raise ValueError(f"parsed = {_show(parsed)}, expected a parse record or null")
+        retries = data.get("retries", [])
+        if not isinstance(retries, list) or not all(
+            isinstance(r, dict)
+            and set(r) == {"reply", "parsed"}
+            and isinstance(r["reply"], str)
+            and isinstance(r["parsed"], dict)
+            for r in retries
+        ):
+            raise ValueError(
+                f"retries = {_show(retries)}, expected a list of {{reply, parsed}} objects"
+            )
         return cls(
             reply=reply,
             parsed=parsed,
+            retries=tuple(retries),
             turn=step_turn,
             action=action,
             invalid=invalid,

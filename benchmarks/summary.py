@@ -21,7 +21,7 @@ Conventions (all metrics come from ``medseg_env.metrics``):
 
 Text policies (``MedSeg-Text-v0``) add, for their groups only:
 
-- **wellformed_rate**: replies that parsed into a call / replies;
+- **wellformed_rate**: replies that parsed into a call / replies (retried ones included);
 - **dice_final_mean_eval**, **iou_final_mean_eval**: MedSAM-Agent's EVAL convention, where an
   episode that ends with no mask is *left out* of the means (``eval_left_out`` counts them);
   our ``dice_final_mean`` counts it as Dice 0. An empty final mask is one whose HD95 is
@@ -136,8 +136,9 @@ def summarize_group(records: Sequence[EpisodeRecord]) -> Row:
 
 def _text_columns(records: Sequence[EpisodeRecord]) -> Row:
     """The columns of text-policy groups: well-formed rate, the EVAL convention, turn counts."""
-    replies = [s for r in records for s in r.steps if s.parsed is not None]
-    well_formed = sum(s.parsed is not None and s.parsed.get("call") is not None for s in replies)
+    replies = [s.parsed for r in records for s in r.steps if s.parsed is not None]
+    replies += [retry["parsed"] for r in records for s in r.steps for retry in s.retries]
+    well_formed = sum(parsed.get("call") is not None for parsed in replies)
     kept = [r for r in records if math.isfinite(r.steps[-1].hd95)]
     counts: dict[int, int] = {}
     for r in records:

@@ -481,7 +481,10 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         predicted = False
         if plan.prompts is not None and plan.request is not None and prediction is not None:
             self._prompts, self._logits = plan.prompts, prediction.logits
-            self._mask, self._score = _frozen_copy(prediction.mask), prediction.score
+            self._mask, self._score = (
+                _frozen_copy(self._in_frame(prediction.mask)),
+                prediction.score,
+            )
             self._rule.commit(plan.kind, plan.request, prediction)
             predicted = True
         if plan.invalid is not None:
@@ -621,7 +624,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         new_prompts, invalid = self._prompts_after(kind, point, box)
         if new_prompts is None:
             return self._mask.copy(), invalid
-        return self._predict(kind, new_prompts).mask, None
+        return self._in_frame(self._predict(kind, new_prompts).mask), None
 
     # ----------------------------------------------------------------- helpers
     def _check_reset_options(self, options: Mapping[str, Any] | None) -> int | None:
@@ -722,6 +725,13 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
         if self._hint is not None:
             obs["hint"] = hint_map((size, size), *self._canvas_pixel(*self._hint))
         return obs
+
+    def _in_frame(self, mask: np.ndarray) -> np.ndarray:
+        """A segmenter's mask (the encoded image's size) in the episode's frame: at native
+        resolution a non-square sample's ``(H, W)`` mask is padded to ``(L, L)``."""
+        if mask.shape == self._gt.shape:
+            return mask
+        return geometry.pad_square(mask)
 
     def _canvas_mask(self, mask: np.ndarray) -> np.ndarray:
         """A frame mask on the ``(S, S)`` canvas (the same array when the frame is the canvas)."""

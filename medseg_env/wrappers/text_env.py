@@ -345,8 +345,9 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         The grid names pixels of the sample (the protocol's rounding): a click at pixel ``p``
         lands on its centre ``p + 0.5``; a box from ``p0`` to ``p1`` covers both pixels, so its
         edges are ``p0`` and ``p1 + 1``, sorted. Under ``raw_box_corners`` a box is the two
-        corners as written, each at its pixel coordinate (``p0``, ``p1``: no sorting, no
-        ``+1``, no clamping). Then the letterbox maps the sample to the canvas.
+        corners as written, each at its pixel coordinate ``p`` (the value the released code
+        hands its segmenter): no sorting, no ``+1``, no clamping. Then the letterbox maps the
+        sample to the canvas.
         """
         if call.name == "stop_action":
             return A.stop()
@@ -374,8 +375,8 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
     def to_call(self, action: A.Action) -> ToolCall:
         """The env's action → the protocol's call (the inverse of ``to_action`` up to the grid).
 
-        A click names the pixel it falls in; a box names its first and last covered pixels, or
-        under ``raw_box_corners`` its two corners as pixel coordinates, in the action's order.
+        A click names the pixel it falls in; a box names its first and last covered pixels,
+        or under ``raw_box_corners`` its two corners' pixel coordinates, in the action's order.
         """
         kind, point, box = A.validate(action)
         if kind == A.ActionKind.STOP:
@@ -385,15 +386,14 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         name = "add_bbox" if kind == A.ActionKind.BOX else "add_point"
         grid = self.protocol.frame_for(ToolCall(name, {}))
 
-        def to_grid(pixels: np.ndarray, extent: int, clip: bool = True) -> list[int]:
-            if clip:
-                pixels = np.clip(pixels, 0, extent - 1)
+        def to_grid(pixels: np.ndarray, extent: int, last: int | None = None) -> list[int]:
+            pixels = np.clip(pixels, 0, extent - 1 if last is None else last)
             return [int(v) for v in np.asarray(grid.from_pixels(pixels, extent)).reshape(-1)]
 
         if kind == A.ActionKind.BOX and self.protocol.raw_box_corners:
             x0, y0, x1, y1 = np.rint(frame.to_source(np.asarray(box, float) * size))
-            gx = to_grid(np.clip(np.array([x0, x1]), 0, width), width, clip=False)
-            gy = to_grid(np.clip(np.array([y0, y1]), 0, height), height, clip=False)
+            gx = to_grid(np.array([x0, x1]), width, last=width)
+            gy = to_grid(np.array([y0, y1]), height, last=height)
             if gx[0] == gx[1]:
                 gx = _apart(gx, grid)
             if gy[0] == gy[1]:

@@ -109,6 +109,23 @@ def test_journal_round_trip_and_infinite_hd95(tmp_path):
     assert "Infinity" not in journal.path.read_text()  # strict JSON
 
 
+def test_a_step_keeps_the_replies_retried_before_it(tmp_path):
+    """MedSAM-Agent's EVAL retries spend no turn: their replies ride on the next turn's step."""
+    retry = {"reply": "no call", "parsed": {"call": None, "error": "no <tool_call> found"}}
+    call = {"call": {"name": "add_bbox"}, "error": None}
+    step = Step(1, "box", None, 0.5, 0.33, 0.4, 2.0, 0, 1, "<tool_call>", call, (retry,))
+    record = EpisodeRecord("p", "d", "m", "a", 0, "CT", "t", "src", 1, 1, False, (step,))
+    journal = Journal(tmp_path / "episodes.jsonl")
+    journal.append(record)
+    (loaded,) = journal.load()
+    assert loaded == record and loaded.steps[0].retries == (retry,)
+    plain = json.loads(journal.path.read_text())
+    assert "retries" not in json.dumps(_record("b").to_json()) and plain["steps"][0]["retries"]
+    plain["steps"][0]["retries"] = [{"reply": 3}]
+    with pytest.raises(ValueError, match="retries"):
+        EpisodeRecord.from_json(plain)
+
+
 def test_journal_drops_a_torn_last_line(tmp_path):
     journal = Journal(tmp_path / "episodes.jsonl")
     journal.append(_record("a"))

@@ -175,7 +175,9 @@ def test_malformed_arguments_take_the_invalid_path(
     assert reason in env.info["format_error"]
     assert env.info["invalid_action"] == env.info["format_error"]
     assert env.num_malformed == 1 and not env.format_ok
-    assert env.get_reward() == 0.0 == env.info["reward_terms"]["medsam_agent"]
+    # compute_score reads the reply's text: a block naming add_* is an interaction (format
+    # 0.5, no stop), and no mask was made: 0.2 * 0.5
+    assert env.get_reward() == pytest.approx(0.1) == env.info["reward_terms"]["medsam_agent"]
 
 
 def test_a_last_reply_with_no_call_is_charged_by_the_reward_functions(
@@ -240,8 +242,9 @@ def _oracle_replies(env: MedSegToolEnv, count: int, jitter: float, seed: int = 0
 
 @pytest.fixture(scope="module")
 def warm_model_dir(tiny_vlm_dir: Path, factory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model after 48 SFT steps on four jittered oracle first boxes in the tool loop's
-    layout (with the short system prompt): it then writes box calls, with varied boxes."""
+    """The tiny model after 96 SFT steps on four jittered oracle first boxes in the tool loop's
+    layout (with the short system prompt): it then writes box calls, with varied boxes (and
+    some broken ones), so that the sampled replies score differently."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_vlm_dir)
@@ -261,7 +264,7 @@ def warm_model_dir(tiny_vlm_dir: Path, factory, tmp_path_factory: pytest.TempPat
         model,
         tools,
         data,
-        max_steps=48,
+        max_steps=96,
         batch_size=1,
         lr=1e-2,
         eval_every=10**6,

@@ -113,12 +113,13 @@ class MedSegToolEnv:
         text_env: the text env to drive; by default ``make_text_env(protocol, images="pil",
             reward=reward, **env_options)``.
         protocol: the text protocol (default ``"medsam_agent_rl"``, MedSAM-Agent's training path).
-        reward: the env's reward (default ``"medsam_agent"``, the paper's episode reward).
+        reward: the env's reward (default ``"medsam_agent"``, MedSAM-Agent's RL reward as its
+            released ``compute_score`` computes it).
         env_options: more ``MedSeg-v0`` options (``dataset``, ``segmenter``...).
 
     Public attributes for logging (properties, so TRL does not list them as tools):
     ``episode_reward`` (the sum of the env's rewards), ``dice``, ``format_ok`` (no invalid
-    turn, the ``medsam_agent`` preset's format term), ``num_replies``, ``num_malformed``,
+    turn), ``num_replies``, ``num_malformed``,
     ``episode_over``, ``info`` (the last step's), ``text_env``, and ``session``, the
     ``medseg_env.text.tool_session.ToolSession`` it adapts.
     """
@@ -271,7 +272,9 @@ def _scores(
 def format_reward(
     completions: Sequence[Any], environments: Sequence[MedSegToolEnv] | None = None, **_: Any
 ) -> list[float]:
-    """1 when no turn of the episode was invalid (the ``medsam_agent`` format term), else 0."""
+    """1 when no turn of the episode was invalid, else 0 (stricter than the ``medsam_agent``
+    reward's format score, which reads the replies' ``<tool_call>`` blocks as MedSAM-Agent's
+    ``compute_score`` does)."""
     return _scores(completions, environments, lambda env: float(env.format_ok))
 
 

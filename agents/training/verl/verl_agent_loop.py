@@ -17,9 +17,10 @@ same loop on verl 0.9.1's ``ToolAgentLoop`` and its Continuous Token builder, wi
   reply with no usable call (malformed JSON, no call, an unknown tool, bad arguments); or at
   ``max_assistant_turns`` (5): the 5th reply is generated, handed to the env, never executed;
   or when the response budget runs out (then the env's episode is closed with its stop action);
-- the reward is the env's (``reward="medsam_agent"``: the paper's episode reward from the env's
-  reward terms), set as the trajectory's ``reward_score`` so verl runs no reward function; the
-  episode's Dice, IoU, format flag and counts go to ``reward_extra_info`` (logged by verl).
+- the reward is the env's (``reward="medsam_agent"``: MedSAM-Agent's RL reward, as its
+  released ``compute_score`` computes it, from the env's reward terms), set as the
+  trajectory's ``reward_score`` so verl runs no reward function; the episode's Dice, IoU,
+  format flag and counts go to ``reward_extra_info`` (logged by verl).
 
 Registered with ``@register("medseg_agent")`` for in-process use; a trainer's workers find it
 through ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` =
@@ -29,16 +30,16 @@ through ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` =
 Where this differs from the released loop (see also
 ``agents/training/verl/configs/medseg_grpo.yaml``):
 
-- *Reward*: the env's ``medsam_agent`` preset, whose format term is 1 when every reply of the
-  episode gave a valid action; the released ``medsam_reward.py`` grades format from the
-  response text (1 for an ``add_*`` call and a final ``stop_action``, 0.5 for one of the two),
-  and computes IoU/Dice on masks resized to the original image, where the env measures on its
-  canvas. The other terms (0.5 IoU + 0.5 Dice, overshoot, 0.01 per turn, 0.1 × IoU gains,
-  0.2/0.8 weights) are the same.
+- *Reward*: the same: the env's ``medsam_agent`` preset is the released ``medsam_reward.py``
+  ``compute_score`` (the format from every reply's text, the masks the released loop keeps, at
+  the sample's own resolution: ``tests/env/test_medsam_agent_reward.py`` checks it against
+  the released function's scores).
 - *One env, one session*: the released loop keeps one tool instance per tool name (so its
-  ``add_bbox`` and ``add_point`` run separate server sessions) and resizes the tool's mask
-  itself to draw the overlay; here the three tools share the trajectory's env, which draws the
-  overlay with the protocol's image rule (the same 512×512 stretch, bilinear mask, α 0.5).
+  ``add_bbox`` and ``add_point`` run separate server sessions, each chaining its own logits)
+  and resizes the tool's mask itself to draw the overlay; here the three tools share the
+  trajectory's env, whose ``prompting="medsam_agent_rl"`` keeps one logit chain per tool name
+  (the same segmenter calls), and which draws the overlay with the protocol's image rule (the
+  same 512×512 stretch, bilinear mask, α 0.5).
 - *Parsing*: verl 0.9.1's Hermes parser no longer salvages a call whose JSON holds raw
   newlines, which the released fork did and the protocol still does; the env's parse decides
   (its calls reach the tools), verl's only fills the assistant message.
