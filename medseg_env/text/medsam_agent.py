@@ -51,7 +51,7 @@ medsam_dataset.py`` builds), and both reply in Qwen's Hermes format
   turns (``max_history_length=5``), but each history user message shows the overlay of the
   *next* turn (the intermediate image list starts at turn 1 and is indexed from the history's
   start), and the newest history turn shows the original full-size image, not the thumbnail
-  (not reproduced: each history message here keeps the image of its own turn);
+  (``infer/models/model_loader.py`` lines 940-975 and 1056-1075; ``shifted_history_images``);
 - the segmenter segments the original image (``native_resolution``; ``min_box_size=0``: any
   box runs) and is called as ``medsam_agent_eval``; generation is capped at 128 new tokens.
 
@@ -318,6 +318,7 @@ class MedSAMAgentProtocol(_MedSAMAgentBase):
     retries_spend_turns = False
     first_retry_restarts = True
     keep_empty_replies = False
+    shifted_history_images = True
 
     def _parse(self, text: str) -> ParsedReply:
         found = call_objects(text)

@@ -192,6 +192,12 @@ class Protocol(ABC):
         score_stop_after_mask: when a reply also asks to stop (``ParsedReply.stop_after``),
             the mask of its executed call counts in the reward's masks
             (``MedSegEnv.note_reply(scored=...)``).
+        shifted_history_images: each kept history user message shows the image MedSAM-Agent's
+            EVAL code puts there instead of its own turn's: the images shown at the replies
+            after the first action (retried ones too; the last ``history_turns`` of them), in
+            order from the oldest kept message, and the original full-size image where that
+            list runs out; so a message shows the overlay of a later turn, and the newest
+            the original image.
 
     ``MedSeg-Text-v0`` builds its env with ``env_options()``. A protocol with some of these
     changed is ``protocol.replace(name=value, ...)`` (a copy), which ``MedSeg-Text-v0`` and
@@ -222,6 +228,7 @@ class Protocol(ABC):
     first_retry_restarts: bool = False
     keep_empty_replies: bool = True
     score_stop_after_mask: bool = True
+    shifted_history_images: bool = False
 
     SETTINGS = (
         "image_rule",
@@ -238,6 +245,7 @@ class Protocol(ABC):
         "first_retry_restarts",
         "keep_empty_replies",
         "score_stop_after_mask",
+        "shifted_history_images",
     )
     """The attributes ``replace`` may change: the protocol's rules, not its texts or grid."""
 

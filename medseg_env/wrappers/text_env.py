@@ -47,7 +47,14 @@ from ..geometry import GridFrame, LongestSide, unletterbox_mask
 from ..oracle import Oracle
 from ..segmenters.types import PromptKind, Prompts
 from ..text import get_protocol
-from ..text.messages import IMAGE_FORMATS, ImageFormat, Message, model_image, user_message
+from ..text.messages import (
+    IMAGE_FORMATS,
+    ImageFormat,
+    Message,
+    image_part,
+    model_image,
+    user_message,
+)
 from ..text.protocol import ImageRule, ParsedReply, Protocol, ToolCall
 
 DEFAULT_TARGET_TEMPLATE = "{target} in {modality}"
@@ -164,6 +171,10 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         self._turns: list[tuple[Message, Message | None]] = []
         self._target = ""
         self._errors_in_row = 0
+        # shifted_history_images: the image parts shown at each reply after the first
+        # action (the released EVAL code's intermediate images), and the original image's
+        self._shown: list[dict[str, Any]] = []
+        self._original: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ gym API
     def reset(
@@ -176,6 +187,7 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         text = self.protocol.first_user_text(target)
         self._turns = [(user_message(self._view(None), text, self.images), None)]
         self._errors_in_row = 0
+        self._shown, self._original = [], None
         messages = self.messages()
         info.update(messages=messages, reply=None, parsed=None, executed=False)
         info["protocol"] = self.protocol.name
@@ -187,6 +199,11 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         if not self._turns or self._base.episode_over:
             raise RuntimeError("the episode is over; call reset() before step()")
         proto = self.protocol
+        if proto.shifted_history_images and self._accepted_prompts() > 0:
+            # the released EVAL code keeps the image of every reply asked after the first
+            # action (retried ones too), the last history_turns of them
+            self._shown.append(dict(self._turns[-1][0]["content"][0]))
+            self._shown = self._shown[-(proto.history_turns or len(self._shown)) :]
         parsed = proto.parse(action)
         last_allowed = self._base.turn + 1 >= self._base.max_turns
         executed = parsed.ok and (proto.execute_last_turn or not last_allowed)
@@ -309,12 +326,27 @@ class MedSegTextEnv(gym.Wrapper[list, str, Any, A.Action]):
         if keep is not None and not current:
             keep = max(keep, 1)  # the episode is over: its last exchange stays visible
         if keep is not None:
-            done = done[len(done) - keep :] if keep > 0 else []
+            done = done[max(0, len(done) - keep) :] if keep > 0 else []
         out: list[Message] = [{"role": "system", "content": self.protocol.system_prompt}]
-        for user, assistant in done:
-            out += [_copy(user), _copy(assistant)]
+        for index, (user, assistant) in enumerate(done):
+            shown = _copy(user)
+            if self.protocol.shifted_history_images:
+                shown["content"][0] = self._history_image(index)
+            out += [shown, _copy(assistant)]
         out += [_copy(user) for user, _ in current]
         return out
+
+    def _history_image(self, index: int) -> dict[str, Any]:
+        """The image part the released EVAL code shows in the ``index``-th kept history user
+        message: its ``index``-th kept intermediate image (the overlay shown at a later
+        reply), else the original image at its full size (``infer/models/model_loader.py``
+        lines 940-975 and 1056-1075)."""
+        if index < len(self._shown):
+            return dict(self._shown[index])
+        if self._original is None:
+            image = Image.fromarray(np.ascontiguousarray(self._base.sample.image), "RGB")
+            self._original = image_part(image, self.images)
+        return dict(self._original)
 
     def target_text(self, target: str, modality: str) -> str:
         return self.target_template.format(target=target, modality=modality)

@@ -202,6 +202,36 @@ def test_e2_first_turn_retry_restarts_and_empty_replies_are_not_kept(
     assert texts(empty)[-2] == ("assistant", "")
 
 
+def test_eval_history_shows_the_images_the_released_code_shows(small_demo: Dataset) -> None:
+    """Each kept history message shows the image shown at a later reply (the released
+    ``intermediate_images``, indexed from the kept history's start), the original full-size
+    image where they run out; ``shifted_history_images=False`` keeps each turn's own."""
+    env = text_env(small_demo, EVAL)
+    messages, _ = env.reset(seed=0, options={"sample_index": 0})
+    original = env.get_wrapper_attr("sample").image
+    pixels = lambda image: np.asarray(image).tolist()  # noqa: E731
+    shown = [pixels(message_images(messages)[-1])]  # the image at each reply
+    for reply in (bbox_reply(EVAL, (300, 200, 700, 520)), grid_point(env, EVAL), "no call"):
+        messages, *_ = env.step(reply)
+        shown.append(pixels(message_images(messages)[-1]))
+    history = message_images(messages)[:-1]
+    # three exchanges kept (the retried one too); the images kept so far are those shown at
+    # the 2nd and 3rd replies (the replies after the first action), then the original image
+    assert [pixels(i) for i in history[:2]] == [shown[1], shown[2]]
+    assert pixels(history[2]) == original.tolist() and history[2].size == original.shape[1::-1]
+    assert shown[3] == shown[2]  # a retry is asked with the same overlay
+    messages, *_ = env.step(grid_point(env, EVAL))
+    history = message_images(messages)[:-1]
+    assert [pixels(i) for i in history[:3]] == [shown[1], shown[2], shown[3]]
+    assert pixels(history[3]) == original.tolist()
+
+    own = text_env(small_demo, EVAL.replace(shifted_history_images=False))
+    messages, _ = own.reset(seed=0, options={"sample_index": 0})
+    first = pixels(message_images(messages)[0])
+    messages, *_ = own.step(bbox_reply(EVAL, (300, 200, 700, 520)))
+    assert pixels(message_images(messages)[0]) == first
+
+
 # ----------------------------------------------------------------------------- E3
 @pytest.mark.parametrize("shape", [(700, 1100), (1100, 700), (200, 300), (640, 640), (2048, 1536)])
 def test_e3_eval_image_is_pil_thumbnail_on_white(shape: tuple[int, int]) -> None:
