@@ -45,7 +45,7 @@ medsam_dataset.py`` builds), and both reply in Qwen's Hermes format
   the turn-1 text with a fresh history (``first_retry_restarts``); a later retried reply stays
   in the history (and adds one more history image), and the retry is asked with the
   later-turn text again. An empty reply is never saved to the history
-  (``infer/models/model_loader.py`` line 1147, ``if save_history and response``), so it is
+  (``infer/models/model_loader.py`` line 1146, ``if save_history and response``), so it is
   asked again unchanged (``keep_empty_replies=False``);
 - up to 5 actions (``max_turns``; retried replies do not count); the history keeps the last 5
   turns (``max_history_length=5``), but each history user message shows the overlay of the

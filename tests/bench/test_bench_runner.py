@@ -271,3 +271,24 @@ def test_limited_datasets_take_a_seeded_subset():
     assert pick != select_samples(demo, "demo", BenchConfig(limit=5, seed=4))
     assert select_samples(demo, "demo", BenchConfig(limit=5, subset="first")) == [0, 1, 2, 3, 4]
     assert select_samples(demo, "demo", BenchConfig(limit=500)) == list(range(len(demo)))
+
+
+@pytest.mark.parametrize(
+    ("protocol", "prompting"),
+    [("medsam_agent", "medsam_agent_eval"), ("medsam_agent_rl", "medsam_agent_rl")],
+)
+def test_a_text_policy_runs_with_its_protocols_env_options(protocol: str, prompting: str) -> None:
+    """MedSAM-Agent's protocols are benchmarked as released: the sample's own resolution,
+    the corners as written, any box, the protocol's segmenter call (and the run's budget)."""
+    from medseg_agents.mllm import VLLMPolicy
+    from medseg_bench.episode import Resources
+    from medseg_bench.plan import make_plan
+
+    demo = demo_dataset()
+    small = Dataset([demo[0]], name="one")
+    label = f"vllm:model=m,protocol={protocol}"
+    config = BenchConfig(policies=(label,), datasets=("one",), segmenters=("classical",), budget=4)
+    plan = make_plan(config, {label: VLLMPolicy("m", protocol=protocol)}, {"one": small})
+    env = Resources(plan).env(plan.episodes[0]).unwrapped
+    assert (env.native_resolution, env.sort_box_corners, env.min_box_size) == (True, False, 0.0)
+    assert env.prompting == prompting and env.max_turns == 4

@@ -91,6 +91,9 @@ def test_r3_medsam2_rl_spec_is_the_rl_segmentation_server() -> None:
     assert (seg.config_name, seg.input_size, seg.preprocessing) == ("sam2.1_hiera_t", 1024, "sam2")
     assert not seg.object_gating and not seg.multimask_single_click
     assert seg.model_id == "medsam2-sam2.1_hiera_t-1024-sam2-random0"
+    plain = make_segmenter("sam2", multimask_single_click=False, allow_random_init=True)
+    assert plain.model_id.removeprefix("sam2-") == seg.model_id.removeprefix("medsam2-")
+    assert not plain.object_gating and not plain.multimask_single_click
     with pytest.raises(ValueError, match="give one of them"):
         make_segmenter(
             "medsam2", medsam_agent_rl=True, medsam_agent_eval=True, allow_random_init=True
