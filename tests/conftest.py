@@ -11,6 +11,20 @@ import medseg_env  # noqa: F401  (registers the envs)
 from medseg_env.data import Dataset, demo_dataset
 
 
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n N``), each worker's torch gets its share of the cores, so N
+    workers do not each start one thread per core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        torch.set_num_threads(max(1, cores // workers))
+
+
+_share_cores_between_workers()
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
