@@ -7,6 +7,7 @@ Usage::
                      [--budget POLICY=N] [--seed S] [--limit N] [--subset random|first]
                      [--obs-size PX] [--nsd-tolerance MM] [--out DIR] [--examples N]
                      [--no-plots] [--no-progress]
+                     [--ray [ADDRESS] [--ray-workers N] [--ray-cpus C] [--ray-gpus G]]
     medseg-bench compare DIR_A DIR_B   # Markdown table of two result folders
     medseg-bench export-sft [...]      # deprecated: runs `medseg-train export-sft [...]`
     medseg-bench list                  # known policies, datasets and segmenters
@@ -22,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from medseg_env.cluster import RayOptions, add_ray_arguments, ray_options
 from medseg_env.metrics import NSD_TOLERANCE_MM
 
 from .config import (
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--examples", type=int, default=4, help="samples in examples.png (default 4)")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # the files written are those of a local run, and either kind of run resumes the other
+    add_ray_arguments(run, "play the episodes")
 
     compare = sub.add_parser("compare", help="compare two result folders")
     compare.add_argument("dir_a")
@@ -185,6 +189,13 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(**kwargs)
 
 
+def _ray_options(args: argparse.Namespace) -> RayOptions | None:
+    try:
+        return ray_options(args)
+    except ValueError as err:
+        raise BenchError(str(err)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
     from .report import grouped_tables
     from .runner import run_benchmark
@@ -195,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         plots=not args.no_plots,
         examples=args.examples,
+        ray=_ray_options(args),
     )
     print(grouped_tables([r for r in result.summary if r["modality"] == ALL]))
     print()

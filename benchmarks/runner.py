@@ -16,6 +16,10 @@ warning naming the file and line, moved to ``episodes.rejected.jsonl``, and its 
 
 One run per folder: a run holds ``.medseg-bench.lock`` in its folder (see :func:`folder_lock`);
 a second run on the same folder is refused with a ``BenchError`` naming the holder.
+
+Where episodes run: in this process (the default), or on a Ray cluster (``ray=RayOptions(...)``,
+``medseg-bench run --ray``; ``distributed.py``). Either way this process alone writes the
+journal and the results, records each episode once (by its key), and the files are the same.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import json
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -39,6 +43,7 @@ from medseg_env.segmenters import shared_segmenter
 
 from . import report
 from .config import BenchConfig, BenchError, default_out_dir
+from .distributed import RayExecutor, RayOptions
 from .episode import FinalState, Resources
 from .plan import EpisodeSpec, Plan, PolicySource, make_plan
 from .records import EpisodeKey, EpisodeRecord, Journal, atomic_write
@@ -177,6 +182,7 @@ def run_benchmark(
     progress: bool = True,
     plots: bool = True,
     examples: int = 4,
+    ray: RayOptions | None = None,
 ) -> BenchResult:
     """Run (or resume) a benchmark and write its results to ``out_dir``.
 
@@ -190,20 +196,89 @@ def run_benchmark(
         progress: show a tqdm progress bar.
         plots: write ``dice_vs_turn.png`` and ``examples.png``.
         examples: columns (samples) of ``examples.png``.
+        ray: play the episodes on a Ray cluster (``distributed.RayOptions``); the files
+            written are those of a local run, and either kind of run resumes the other.
 
     Raises:
         BenchError: bad input, a folder of another config, or a folder another run is using;
-            nothing was written.
+            with ``ray``, Ray missing (the message names the extra) or a cluster that cannot
+            be reached; nothing was written.
     """
     started = time.perf_counter()
     plan = make_plan(config, policies, datasets)
     out = Path(out_dir) if out_dir is not None else default_out_dir(plan.config, model_ids(plan))
     check_out_dir(out, plan)
 
-    out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out):
-        check_out_dir(out, plan)  # again: another run may have written it before we locked
-        return _run_locked(plan, out, started, progress=progress, plots=plots, examples=examples)
+    executor: Executor = (
+        _LocalExecutor(plan)
+        if ray is None
+        else RayExecutor(ray, policies=policies, datasets=datasets)
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out):
+            check_out_dir(out, plan)  # again: another run may have written it before we locked
+            return _run_locked(
+                plan, out, started, executor, progress=progress, plots=plots, examples=examples
+            )
+    finally:
+        executor.close()
+
+
+class Executor(Protocol):
+    """Where a run's episodes are played: this process (``_LocalExecutor``) or a Ray cluster
+    (``distributed.RayExecutor``)."""
+
+    runtime: dict[str, dict[str, str]] | None
+    """How the segmenters ran where the episodes ran (None: in this process)."""
+
+    def play(
+        self,
+        plan: Plan,
+        models: Mapping[str, str],
+        batches: Sequence[Sequence[EpisodeSpec]],
+        keep: set[EpisodeKey],
+    ) -> Iterable[tuple[EpisodeSpec, EpisodeRecord, FinalState | None]]:
+        """Play the lockstep ``batches``; each episode with its final state (at least for
+        the episodes in ``keep``), in any order."""
+        ...
+
+    def run_info(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class _LocalExecutor:
+    """Plays the batches here, in order (``episode.Resources``)."""
+
+    runtime: dict[str, dict[str, str]] | None = None
+
+    def __init__(self, plan: Plan) -> None:
+        self.resources = Resources(plan)
+
+    def play(
+        self,
+        plan: Plan,
+        models: Mapping[str, str],
+        batches: Sequence[Sequence[EpisodeSpec]],
+        keep: set[EpisodeKey],
+    ) -> Iterator[tuple[EpisodeSpec, EpisodeRecord, FinalState | None]]:
+        for batch in batches:
+            spec = batch[0]
+            try:
+                results = self.resources.run_batch(batch)
+            except Exception as err:
+                names = ", ".join(s.sample_id for s in batch)
+                err.add_note(f"while running {spec.policy} on {spec.dataset}:{names}")
+                raise
+            for spec, (record, final) in zip(batch, results, strict=True):
+                yield spec, record, final
+
+    def run_info(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.resources.close()
 
 
 def _journal_check(plan: Plan) -> Callable[[EpisodeRecord], str | None]:
@@ -235,7 +310,14 @@ def _journal_check(plan: Plan) -> Callable[[EpisodeRecord], str | None]:
 
 
 def _run_locked(
-    plan: Plan, out: Path, started: float, *, progress: bool, plots: bool, examples: int
+    plan: Plan,
+    out: Path,
+    started: float,
+    executor: Executor,
+    *,
+    progress: bool,
+    plots: bool,
+    examples: int,
 ) -> BenchResult:
     atomic_write(out / CONFIG_FILE, report.dump_json(_config_doc(plan)))
     journal = Journal(out / JOURNAL_FILE)
@@ -250,7 +332,7 @@ def _run_locked(
     example_list = pick_examples(plan, examples) if plots else []
     example_keys = set(example_list)
     finals: dict[EpisodeKey, FinalState] = {}
-    resources = Resources(plan)
+    models = model_ids(plan)
     # Sample-major order: all policies on one image in a row, while its embedding is cached.
     rank = {policy: i for i, policy in enumerate(plan.config.policies)}
     todo = sorted(
@@ -266,35 +348,30 @@ def _run_locked(
         dynamic_ncols=True,
     )
     try:
-        for batch in episode_batches(todo, plan):
-            spec = batch[0]
+        batches = episode_batches(todo, plan)
+        for spec, record, final in executor.play(plan, models, batches, example_keys):
+            if spec.key in done:  # once, however often a retried worker sends it back
+                continue
+            journal.append(record)
+            done[spec.key] = record
+            if spec.key in example_keys and final is not None:
+                finals[spec.key] = final
             bar.set_postfix_str(f"{spec.policy} {spec.sample_id}", refresh=False)
-            try:
-                results = resources.run_batch(batch)
-            except Exception as err:
-                names = ", ".join(s.sample_id for s in batch)
-                err.add_note(f"while running {spec.policy} on {spec.dataset}:{names}")
-                raise
-            for spec, (record, final) in zip(batch, results, strict=True):
-                journal.append(record)
-                done[spec.key] = record
-                if spec.key in example_keys:
-                    finals[spec.key] = final
-            bar.update(len(batch))
+            bar.update(1)
         bar.close()
-        for key in example_list:  # resumed examples: replay them (deterministic)
-            if key not in finals:
-                spec = wanted[key]
-                record, finals[key] = resources.run(spec)
-                if record.steps != done[key].steps:
-                    warnings.warn(
-                        f"replaying {key} for the examples figure gave a different episode "
-                        "than the recorded one: the policy or segmenter is not deterministic",
-                        stacklevel=2,
-                    )
+        # resumed examples: replay them (deterministic)
+        replay = [[wanted[key]] for key in example_list if key not in finals]
+        for spec, record, final in executor.play(plan, models, replay, set(example_keys)):
+            assert final is not None
+            finals[spec.key] = final
+            if record.steps != done[spec.key].steps:
+                warnings.warn(
+                    f"replaying {spec.key} for the examples figure gave a different episode "
+                    "than the recorded one: the policy or segmenter is not deterministic",
+                    stacklevel=2,
+                )
     finally:
         bar.close()
-        resources.close()
 
     records = [done[e.key] for e in plan.episodes]
     rows = summarize(records)
@@ -307,12 +384,13 @@ def _run_locked(
         records,
         rows,
         timings,
-        results_doc=_results_doc(plan, rows),
+        results_doc=_results_doc(plan, rows, executor.runtime),
         run_info={
             "resumed_episodes": resumed,
             "executed_episodes": len(todo),
             "wall_s": time.perf_counter() - started,
             "timings": timings,
+            **executor.run_info(),
         },
         finals=[(k, finals[k]) for k in example_list] if plots else None,
     )
@@ -384,13 +462,15 @@ def _config_doc(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _results_doc(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _results_doc(
+    plan: Plan, rows: list[dict[str, Any]], runtime: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any]:
     return {
         **_config_doc(plan),
         "seed": plan.config.seed,
         "budgets": {p: plan.config.budget_for(p) for p in plan.config.policies},
         "episodes": len(plan.episodes),
-        "runtime": runtimes(plan),
+        "runtime": runtime if runtime is not None else runtimes(plan),
         "versions": package_versions(),
         "summary": rows,
     }

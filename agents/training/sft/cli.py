@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from medseg_env.cluster import add_ray_arguments, ray_options
 from medseg_env.prompting import prompting_rule_names
 from medseg_env.text import registered_protocols
 
@@ -102,6 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--verify", action="store_true", help="only replay-check the export in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p, "play the trajectories")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             formats=formats,
             records=records,
             progress=not args.no_progress,
+            ray=ray_options(args),
         )
     except ReplayCheckError as err:
         print(f"medseg-train export-sft: error: {err}", file=sys.stderr)

@@ -1,10 +1,15 @@
-"""``export_sft``: plan, play (or resume) and write an SFT export, then replay-check it."""
+"""``export_sft``: plan, play (or resume) and write an SFT export, then replay-check it.
+
+The trajectories play in this process, or on a Ray cluster (``ray=RayOptions(...)``,
+``export-sft --ray``; ``distributed.py``); this process alone writes the folder either way.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from medseg_env import files
+from medseg_env.cluster import Cluster, ClusterError, RayOptions, connect
 from medseg_env.data import Dataset, data_fingerprint
 from medseg_env.segmenters import shared_segmenter
 from medseg_env.text import get_protocol
@@ -83,12 +89,17 @@ def export_sft(
     formats: Sequence[str] = FORMATS,
     records: Sequence[str] = ("trajectory",),
     progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> ExportResult:
     """Export (or resume) the config's trajectories to ``out_dir``, then replay-check them.
 
+    ``ray``: play the trajectories on a Ray cluster (a local Ray, or a cluster's address); the
+    folder is the same as a local export's, and either kind resumes the other.
+
     Raises:
         ExportError: bad input, a held-out dataset or a folder of another export (nothing
-            written), or a folder another export holds.
+            written), or a folder another export holds; with ``ray``, Ray missing (the message
+            names the extra) or a cluster that cannot be reached (nothing written).
         ReplayCheckError: an exported trajectory does not replay (the files stay, for a look).
     """
     formats, records = _check_outputs(formats, records, limit)
@@ -114,8 +125,16 @@ def export_sft(
         "model": model_id,
     }
     _check_out_dir(out, doc)
-    out.mkdir(parents=True, exist_ok=True)
+    cluster: Cluster | None = None
+    if ray is not None:
+        try:
+            cluster = connect(
+                ray.address, num_cpus=ray.local_cpus(), echo=_say if ray.echo else None
+            )
+        except ClusterError as err:
+            raise ExportError(str(err)) from None
     try:
+        out.mkdir(parents=True, exist_ok=True)
         with files.folder_lock(out, LOCK_FILE, "SFT export"):
             _check_out_dir(out, doc)  # again: another export may have written it meanwhile
             files.atomic_write(out / CONFIG_FILE, dump_json(doc))
@@ -125,11 +144,19 @@ def export_sft(
             chosen = plan[:limit] if limit is not None else plan
             todo = [s for s in chosen if s.id not in entries]
             resumed = len(chosen) - len(todo)
-            _run(config, dataset, journal, todo, entries, resumed, len(chosen), progress)
+            played = (
+                _play_here(config, dataset, todo)
+                if cluster is None or ray is None
+                else _play_on_ray(cluster, ray, config, doc, todo)
+            )
+            _run(journal, played, entries, resumed, len(chosen), progress)
             written = _write_outputs(out, [entries[s.id] for s in chosen], formats, records)
             report = verify(out, progress=progress, dataset=dataset)
     except files.FolderInUseError as err:
         raise ExportError(str(err)) from None
+    finally:
+        if cluster is not None:
+            cluster.close()
     kept = [entries[s.id] for s in chosen if entries[s.id]["skipped"] is None]
     names = {p for e in kept for t in e["turns"] for p in image_names(t["prompt"])}
     image_bytes = sum((out / n).stat().st_size for n in names)
@@ -193,22 +220,58 @@ def _check_out_dir(out: Path, doc: Mapping[str, Any]) -> None:
             )
 
 
-def _run(
+Played = tuple[TrajectorySpec, tuple[dict[str, Any], dict[str, Image.Image]]]
+
+
+def _say(text: str) -> None:
+    tqdm.write(f"export-sft: {text}", file=sys.stderr)
+
+
+def _play_here(
+    config: ExportConfig, dataset: Dataset, todo: Sequence[TrajectorySpec]
+) -> Iterator[Played]:
+    """Play ``todo`` in this process, in order."""
+    if not todo:
+        return
+    env = make_env(config, dataset)
+    experts = {style: make_expert(config, style) for style, _ in config.mix}
+    try:
+        for spec in todo:
+            try:
+                yield spec, play(env, experts[spec.style], dataset, spec)
+            except Exception as err:
+                err.add_note(f"while exporting trajectory {spec.id} ({spec.style})")
+                raise
+    finally:
+        env.close()
+
+
+def _play_on_ray(
+    cluster: Cluster,
+    ray: RayOptions,
     config: ExportConfig,
-    dataset: Dataset,
-    journal: TrajectoryJournal,
+    doc: Mapping[str, Any],
     todo: Sequence[TrajectorySpec],
+) -> Iterator[Played]:
+    """Play ``todo`` on Ray workers (``distributed.play_on_ray``), as they finish."""
+    if not todo:
+        return
+    from .distributed import play_on_ray
+
+    yield from play_on_ray(cluster, ray, config, doc["data"], doc["model"], todo)
+
+
+def _run(
+    journal: TrajectoryJournal,
+    played: Iterator[Played],
     entries: dict[str, dict[str, Any]],
     resumed: int,
     total: int,
     progress: bool,
 ) -> None:
-    """Play ``todo``, writing each trajectory's images (first) and journal entry as it ends."""
-    if not todo:
-        return
+    """Write each played trajectory's images (first) and journal entry as it ends; a
+    trajectory already in the journal (sent back twice by a retried worker) is skipped."""
     out = journal.path.parent
-    env = make_env(config, dataset)
-    experts = {style: make_expert(config, style) for style, _ in config.mix}
     bar = tqdm(
         total=total,
         initial=resumed,
@@ -218,21 +281,17 @@ def _run(
         dynamic_ncols=True,
     )
     try:
-        for spec in todo:
-            bar.set_postfix_str(f"{spec.style} {spec.sample_id}", refresh=False)
-            try:
-                entry, images = play(env, experts[spec.style], dataset, spec)
-            except Exception as err:
-                err.add_note(f"while exporting trajectory {spec.id} ({spec.style})")
-                raise
+        for spec, (entry, images) in played:
+            if spec.id in entries:
+                continue
             for name, image in images.items():
                 _write_image(out, name, image)
             journal.append(entry)
             entries[spec.id] = entry
+            bar.set_postfix_str(f"{spec.style} {spec.sample_id}", refresh=False)
             bar.update(1)
     finally:
         bar.close()
-        env.close()
 
 
 def _write_image(out: Path, name: str, image: Image.Image) -> None:
