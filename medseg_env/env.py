@@ -17,8 +17,6 @@ rescaled to match.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,13 +29,25 @@ from gymnasium import spaces
 from . import actions as A
 from . import geometry
 from .data import Dataset, Sample, load_dataset
+from .env_options import (
+    check_bool_option,
+    check_hint_noise,
+    check_int_option,
+    check_known_options,
+    check_min_box_size,
+    check_render_mode,
+    check_sample_index,
+    check_segmenter_kwargs,
+    default_config,
+)
 from .geometry import innermost_pixel, pixel_center, to_pixels, user_point
 from .metrics import dice_iou
-from .oracle import Oracle
+from .oracle import EnvOracle, Oracle
 from .prompting import PromptingRule, make_prompting_rule
 from .registry import UnknownNameError
 from .render import hint_map, overlay, prompt_map
 from .rewards import REJECTED, Reward, StepContext
+from .seeding import gym_rng_state, restore_gym_rng
 from .segmenters import (
     Embedding,
     Prediction,
@@ -83,67 +93,6 @@ class StepPlan:
     invalid: str | None
     request: PredictRequest | None
     token: tuple[int, int, int]
-
-
-def default_config() -> dict[str, Any]:
-    """The configuration ``gym.make("MedSeg-v0")`` uses; any key can be overridden by keyword.
-
-    - ``dataset``: a ``Dataset``, a registered name (``"demo"``, the bundled real data), or a
-      path (manifest, ``.npz`` file or folder); see ``medseg_env.data.load_dataset``.
-    - ``segmenter``: a ``Segmenter`` or a registered name; ``segmenter_kwargs`` (a mapping) go
-      to its factory.
-    - ``obs_size``: side ``S`` of the square observation, in pixels: an ``int`` (NumPy integers
-      too), at least 16.
-    - ``max_turns``: the episode is truncated after this many actions: an ``int``, at least 1.
-    - ``reward``: a preset name, a term, or a weighted composition (``medseg_env.rewards``).
-    - ``min_box_size``: a box narrower or lower than this many observation pixels is invalid:
-      a finite real number from 0 to ``obs_size``.
-    - ``prompting``: what the segmenter is given each turn, the name of a registered
-      prompting rule (``medseg_env.prompting``): ``"accumulate"`` (every prompt so far, the
-      previous logits on click turns), ``"medsam_agent_eval"`` and ``"medsam_agent_rl"``
-      (MedSAM-Agent's evaluation and training calls), or one a plug-in registers.
-    - ``target_hint``: ``True`` (the default) puts the ``hint`` key in the observation and
-      ``target_hint`` in ``info``: the point where a user points to say which structure to
-      segment. Without it a policy that sees only the image cannot tell which of many similar
-      objects (one nucleus among dozens) the episode is about, so the task is ill-posed for
-      it; ``False`` gives the observation without the key (oracle policies do not need it).
-    - ``native_resolution``: ``False`` (the default): the episode lives on the canvas: the
-      segmenter encodes the canvas image, and masks, the ground truth and every metric are
-      ``(S, S)``. ``True``: it lives on the sample at its own resolution, as MedSAM-Agent's
-      released code segments and scores it: the segmenter encodes the sample's own ``(H, W)``
-      image, prompts are its pixel coordinates, and masks, the oracle's ground truth,
-      previews, the reward's masks and every metric are ``(L, L)`` arrays, ``L = max(H, W)``,
-      the sample unscaled at the top-left (a non-square sample is zero-padded at the
-      bottom/right, where no mask lies, so the metrics are those of the ``(H, W)`` masks).
-      The observation stays the ``(S, S)`` canvas (the mask and the prompts resampled onto it,
-      nearest neighbour), and actions keep their normalised coordinates (``x·L`` sample
-      pixels). The MedSAM-Agent text protocols turn it on (``medseg_env.text``).
-    - ``sort_box_corners``: ``True`` (the default): a box action's corners are sorted, so the
-      segmenter gets ``(x0, y0, x1, y1)`` with ``x0 <= x1, y0 <= y1``. ``False``: the corners
-      go to the segmenter as given (the first, then the second), as MedSAM-Agent's released
-      code passes the box a model wrote; ``min_box_size`` then checks the absolute sides.
-    - ``hint_noise``: where the user points. ``0`` (the default): the target's innermost
-      pixel. Above 0: a realistic, off-centre point drawn per episode from the env's random
-      generator, the innermost pixel plus a Gaussian offset of ``hint_noise`` times the
-      target's equivalent radius, kept inside the target (``medseg_env.geometry.user_point``).
-      A finite real number >= 0; it needs ``target_hint=True``.
-
-    Integers are not truncated from floats (``64.0`` is refused), and ``bool`` is no number here.
-    """
-    return {
-        "dataset": "demo",
-        "segmenter": "litemedsam_clicks",
-        "segmenter_kwargs": {},
-        "obs_size": 256,
-        "max_turns": 10,
-        "reward": "dice_gain",
-        "min_box_size": 2.0,
-        "prompting": "accumulate",
-        "target_hint": True,
-        "hint_noise": 0.0,
-        "native_resolution": False,
-        "sort_box_corners": True,
-    }
 
 
 class MedSegEnv(gym.Env[Observation, A.Action]):
@@ -223,21 +172,21 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
 
     def __init__(self, render_mode: str | None = None, **config: Any) -> None:
-        _check_known_options(config)
-        _check_render_mode(render_mode, self.metadata["render_modes"])
+        check_known_options(config)
+        check_render_mode(render_mode, self.metadata["render_modes"])
         config = {**default_config(), **config}
-        size = _check_int_option("obs_size", config["obs_size"], minimum=MIN_OBS_SIZE)
-        max_turns = _check_int_option("max_turns", config["max_turns"], minimum=1)
-        min_box_size = _check_min_box_size(config["min_box_size"], size)
-        _check_segmenter_kwargs(config["segmenter_kwargs"])
+        size = check_int_option("obs_size", config["obs_size"], minimum=MIN_OBS_SIZE)
+        max_turns = check_int_option("max_turns", config["max_turns"], minimum=1)
+        min_box_size = check_min_box_size(config["min_box_size"], size)
+        check_segmenter_kwargs(config["segmenter_kwargs"])
         self._rule: PromptingRule = make_prompting_rule(config["prompting"])
         self.prompting: str = config["prompting"]
         for name in ("target_hint", "native_resolution", "sort_box_corners"):
-            config[name] = _check_bool_option(name, config[name])
+            config[name] = check_bool_option(name, config[name])
         self.target_hint: bool = config["target_hint"]
         self.native_resolution: bool = config["native_resolution"]
         self.sort_box_corners: bool = config["sort_box_corners"]
-        self.hint_noise = _check_hint_noise(config["hint_noise"], self.target_hint)
+        self.hint_noise = check_hint_noise(config["hint_noise"], self.target_hint)
         config["hint_noise"] = self.hint_noise
         config.update(obs_size=size, max_turns=max_turns, min_box_size=min_box_size)
         self.config = config
@@ -277,7 +226,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
     @property
     def oracle(self) -> Oracle:
         """What oracle and expert policies may read (``medseg_env.oracle``); never for agents."""
-        return _EnvOracle(self)
+        return EnvOracle(self)
 
     @property
     def frame_size(self) -> int:
@@ -371,7 +320,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
           as it was, and the env refuses ``step`` until a reset succeeds.
         """
         index = self._check_reset_options(options)
-        rng = _rng_state(self)
+        rng = gym_rng_state(self)
         super().reset(seed=seed)  # an invalid seed raises here, before anything has changed
         self._reset_error = "it was interrupted"  # cleared only once the episode is committed
         try:
@@ -385,7 +334,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             self._start_episode(index, image, gt, spacing, embedding, hint)
             result = self._obs(), self._info(None, {})
         except BaseException as exc:
-            _restore_rng(self, rng)
+            restore_gym_rng(self, rng)
             detail = f": {str(exc)[:200]}" if str(exc) else ""
             self._reset_error = f"it raised {type(exc).__name__}{detail}"
             raise
@@ -640,7 +589,7 @@ class MedSegEnv(gym.Env[Observation, A.Action]):
             raise ValueError(f"unknown reset option(s) {unknown}; known: {list(RESET_OPTIONS)}")
         index = None
         if "sample_index" in options:
-            index = _check_sample_index(options["sample_index"], len(self.dataset))
+            index = check_sample_index(options["sample_index"], len(self.dataset))
         if "sample_id" in options:
             by_id = self._check_sample_id(options["sample_id"])
             if index is not None and by_id != index:
@@ -842,151 +791,3 @@ def _frozen_copy(array: np.ndarray) -> np.ndarray:
     copy = array.copy()
     copy.flags.writeable = False
     return copy
-
-
-# --------------------------------------------------------------------- option checks
-def _is_int(value: Any) -> bool:
-    """A true integer: ``int`` or a NumPy integer, not ``bool``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_known_options(config: Mapping[str, Any]) -> None:
-    """Unknown keywords raise ``TypeError`` worded as Python's own, for clients that retry."""
-    unknown = [key for key in config if key not in default_config()]
-    if unknown:
-        named = " and an ".join(f"unexpected keyword argument {key!r}" for key in unknown)
-        known = ", ".join(["render_mode", *sorted(default_config())])
-        raise TypeError(f"MedSegEnv.__init__() got an {named}; known options: {known}")
-
-
-def _check_bool_option(name: str, value: Any) -> bool:
-    """A ``bool`` option (NumPy's too); anything else is refused rather than read as truthy."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"MedSegEnv option {name} must be a bool; got {value!r} ({type(value).__name__})"
-        )
-    return bool(value)
-
-
-def _check_render_mode(render_mode: Any, modes: list[str]) -> None:
-    if render_mode is not None and render_mode not in modes:
-        raise ValueError(f"render_mode must be None or one of {modes}; got {render_mode!r}")
-
-
-def _check_int_option(name: str, value: Any, minimum: int) -> int:
-    """An integer option, as a Python ``int``; floats are refused rather than truncated."""
-    if not _is_int(value):
-        raise TypeError(
-            f"MedSegEnv option {name} must be an int >= {minimum}; "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"MedSegEnv option {name} must be an int >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_min_box_size(value: Any, obs_size: int) -> float:
-    """A finite real number of canvas pixels, from 0 (every box valid) to ``obs_size``."""
-    expected = f"a finite real number from 0 to obs_size={obs_size}"
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"MedSegEnv option min_box_size must be {expected}; "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    size = float(value)
-    # NaN fails every comparison, so a NaN minimum would turn the degenerate-box check off.
-    if not (math.isfinite(size) and 0 <= size <= obs_size):
-        raise ValueError(f"MedSegEnv option min_box_size must be {expected}; got {value!r}")
-    return size
-
-
-def _check_hint_noise(value: Any, target_hint: bool) -> float:
-    """The ``hint_noise`` option: a finite real number >= 0, above 0 only with a hint."""
-    expected = "a finite real number >= 0 (0: the innermost pixel)"
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(
-            f"MedSegEnv option hint_noise must be {expected}; got {value!r} "
-            f"({type(value).__name__})"
-        )
-    noise = float(value)
-    if not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"MedSegEnv option hint_noise must be {expected}; got {value!r}")
-    if noise > 0 and not target_hint:
-        raise ValueError(
-            f"MedSegEnv option hint_noise={value!r} needs target_hint=True: the noise moves "
-            "the hinted point, and target_hint=False shows none"
-        )
-    return noise
-
-
-def _check_segmenter_kwargs(value: Any) -> None:
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise TypeError(
-            f"MedSegEnv option segmenter_kwargs must be a mapping of keyword names to values; "
-            f"got {value!r} ({type(value).__name__})"
-        )
-
-
-def _check_sample_index(value: Any, size: int) -> int:
-    """The ``sample_index`` reset option: an integer in ``[0, size)``."""
-    if not _is_int(value):
-        raise TypeError(
-            f"reset option sample_index must be an int in [0, {size}); "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    if not 0 <= value < size:
-        raise ValueError(
-            f"reset option sample_index={value!r} is out of range: the dataset has {size} "
-            f"sample(s), so it must be in [0, {size})"
-        )
-    return int(value)
-
-
-# --------------------------------------------------------------------- random generator
-_RngState = tuple[Any, Any, Any]
-
-
-def _rng_state(env: gym.Env[Any, Any]) -> _RngState:
-    """What ``reset`` may change of Gymnasium's generator: the object, its state, its seed."""
-    rng = env._np_random
-    return rng, None if rng is None else rng.bit_generator.state, env._np_random_seed
-
-
-def _restore_rng(env: gym.Env[Any, Any], saved: _RngState) -> None:
-    rng, state, seed = saved
-    if rng is not None:
-        rng.bit_generator.state = state
-    env._np_random, env._np_random_seed = rng, seed
-
-
-class _EnvOracle:
-    """The ``Oracle`` of a ``MedSegEnv``: a read-only view of its current episode."""
-
-    def __init__(self, env: MedSegEnv) -> None:
-        self._env = env
-
-    @property
-    def ground_truth(self) -> np.ndarray:
-        return self._env.ground_truth
-
-    @property
-    def prompts(self) -> Prompts:
-        return self._env.prompts
-
-    @property
-    def obs_size(self) -> int:
-        return self._env.frame_size
-
-    @property
-    def current_mask(self) -> np.ndarray:
-        return self._env.current_mask
-
-    @property
-    def min_box_size(self) -> float:
-        return self._env.min_box_size
-
-    def supports(self, kind: PromptKind) -> bool:
-        return self._env.supports(kind)
-
-    def preview(self, action: A.Action) -> tuple[np.ndarray, str | None]:
-        return self._env.preview(action)

@@ -14,7 +14,7 @@ it; a wrapper that changes neither needs to do nothing.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -68,3 +68,37 @@ class Oracle(Protocol):
         Takes no turn, changes no state and draws nothing from any random generator.
         """
         ...
+
+
+class EnvOracle:
+    """The ``Oracle`` of a ``MedSegEnv``: a read-only view of its current episode."""
+
+    def __init__(self, env: Any) -> None:
+        # ``env`` is a ``MedSegEnv``; not imported here, as env.py imports this module
+        self._env = env
+
+    @property
+    def ground_truth(self) -> np.ndarray:
+        return self._env.ground_truth
+
+    @property
+    def prompts(self) -> Prompts:
+        return self._env.prompts
+
+    @property
+    def obs_size(self) -> int:
+        return self._env.frame_size
+
+    @property
+    def current_mask(self) -> np.ndarray:
+        return self._env.current_mask
+
+    @property
+    def min_box_size(self) -> float:
+        return self._env.min_box_size
+
+    def supports(self, kind: PromptKind) -> bool:
+        return self._env.supports(kind)
+
+    def preview(self, action: Action) -> tuple[np.ndarray, str | None]:
+        return self._env.preview(action)

@@ -23,3 +23,21 @@ def stable_int(*parts: Any) -> int:
     """
     digest = hashlib.sha256(json.dumps(list(parts), separators=(",", ":")).encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
+
+
+# What ``MedSegEnv.reset`` saves and restores of a Gymnasium env's generator when a reset
+# fails, so a refused reset leaves the episode stream as it was.
+GymRngState = tuple[Any, Any, Any]
+
+
+def gym_rng_state(env: Any) -> GymRngState:
+    """What ``reset`` may change of Gymnasium's generator: the object, its state, its seed."""
+    rng = env._np_random
+    return rng, None if rng is None else rng.bit_generator.state, env._np_random_seed
+
+
+def restore_gym_rng(env: Any, saved: GymRngState) -> None:
+    rng, state, seed = saved
+    if rng is not None:
+        rng.bit_generator.state = state
+    env._np_random, env._np_random_seed = rng, seed
