@@ -1,11 +1,12 @@
 """Reference policies for medseg-env (installed as ``medseg_agents``).
 
-``make_policy(name, **kwargs)`` builds one by its registered name: ``oracle_box``,
-``hybrid_expert``, ``ritm``, ``imis``, ``random``, and the GT-free baselines ``hint_click`` and
-``hint_box`` (``medseg_agents.baselines``; in that order, the benchmark's table order and
-default set), and the MLLM policies ``openai``, ``vllm`` and ``transformers``
-(``medseg_agents.mllm``) and the trained PPO agent ``ppo`` (``medseg_agents.ppo``), which
-need a model and run only when named.
+``make_policy(name, **kwargs)`` builds one by its registered name. The default set, in the
+benchmark's table order: the GT-free policies ``learned`` and ``learned_bc`` (the shipped
+learned agent after RL and after imitation, ``medseg_agents.learned``), ``hint_box``,
+``hint_click`` (``medseg_agents.baselines``) and ``random``; then the oracle policies
+``oracle_box``, ``hybrid_expert``, ``ritm`` and ``imis``. The MLLM policies ``openai``,
+``vllm`` and ``transformers`` (``medseg_agents.mllm``) and the trained PPO agent ``ppo``
+(``medseg_agents.ppo``) need a model and run only when named.
 Add your own with ``register_policy(name, factory)`` or the ``medseg_agents.policies``
 entry-point group.
 """
@@ -25,15 +26,17 @@ from .registry import (
     registered_policies,
 )
 
+# GT-free policies first (they read the observation and info only), then the oracle ones:
+# the order of the benchmark's tables and of its default set.
+register_policy("learned", LearnedPolicy)
+register_policy("learned_bc", LearnedBCPolicy)
+register_policy("hint_box", HintBox)
+register_policy("hint_click", HintClick)
+register_policy("random", RandomPolicy)
 register_policy("oracle_box", OracleBox)
 register_policy("hybrid_expert", HybridExpert)
 register_policy("ritm", RITMClicker)
 register_policy("imis", IMISClicker)
-register_policy("random", RandomPolicy)
-register_policy("hint_click", HintClick)
-register_policy("hint_box", HintBox)
-register_policy("learned", LearnedPolicy, default=False)
-register_policy("learned_bc", LearnedBCPolicy, default=False)
 register_policy("openai", OpenAIChatPolicy, default=False)
 register_policy("vllm", VLLMPolicy, default=False)
 register_policy("transformers", TransformersPolicy, default=False)

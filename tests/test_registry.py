@@ -72,7 +72,17 @@ CASES = {
         POLICIES,
         register_policy,
         _policy,
-        ["oracle_box", "hybrid_expert", "ritm", "imis", "random"],
+        [
+            "learned",
+            "learned_bc",
+            "hint_box",
+            "hint_click",
+            "random",
+            "oracle_box",
+            "hybrid_expert",
+            "ritm",
+            "imis",
+        ],
         make_policy,
     ),
 }
@@ -125,7 +135,7 @@ def test_entries_are_type_checked(kind):
 
 
 def test_user_facing_calls_use_the_registry_message():
-    with pytest.raises(ValueError, match=r"unknown policy 'nope'; known: \['oracle_box'"):
+    with pytest.raises(ValueError, match=r"unknown policy 'nope'; known: \['learned'"):
         make_policy("nope")
     with pytest.raises(ValueError, match=r"unknown segmenter 'nope'; known: \['litemedsam'"):
         make_segmenter("nope")

@@ -9,8 +9,12 @@ from medseg_testing import StubEnv, StubOracle
 import medseg_agents
 from medseg_agents import (
     POLICIES,
+    HintBox,
+    HintClick,
     HybridExpert,
     IMISClicker,
+    LearnedBCPolicy,
+    LearnedPolicy,
     OracleBox,
     Policy,
     RandomPolicy,
@@ -84,19 +88,24 @@ def test_p_stop_extremes_and_seeding():
 
 
 def test_registry_builds_every_policy_by_name():
-    expected = {  # in registration order: the benchmark's table order
+    expected = {  # in registration order: the benchmark's table order, GT-free first
+        "learned": LearnedPolicy,
+        "learned_bc": LearnedBCPolicy,
+        "hint_box": HintBox,
+        "hint_click": HintClick,
+        "random": RandomPolicy,
         "oracle_box": OracleBox,
         "hybrid_expert": HybridExpert,
         "ritm": RITMClicker,
         "imis": IMISClicker,
-        "random": RandomPolicy,
     }
-    assert POLICIES.names()[:5] == list(expected)
+    assert POLICIES.names()[:9] == list(expected)
     assert {name: POLICIES.get(name) for name in expected} == expected
+    gt_free = {"learned", "learned_bc", "hint_box", "hint_click", "random"}
     for name, cls in expected.items():
         policy = make_policy(name, seed=0)
         assert type(policy) is cls and isinstance(policy, Policy) and policy.name == name
-        assert policy.needs_oracle == (name != "random")
+        assert policy.needs_oracle == (name not in gt_free)
     assert make_policy("oracle_box", jitter_px=3).jitter_px == 3
     assert set(medseg_agents.__all__) >= {
         "Policy",
@@ -107,5 +116,7 @@ def test_registry_builds_every_policy_by_name():
 
 
 def test_unknown_policy_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="oracle_box.*hybrid_expert.*ritm.*imis.*random"):
+    with pytest.raises(
+        ValueError, match="learned.*hint_box.*random.*oracle_box.*hybrid_expert.*ritm.*imis"
+    ):
         make_policy("nope")

@@ -100,7 +100,17 @@ def test_list(capsys):
     assert "demo-heldout" in out
     # policies in registration order, the order of the benchmark's tables
     line = next(line for line in out.splitlines() if line.startswith("policies:"))
-    assert line.split()[1:6] == ["oracle_box", "hybrid_expert", "ritm", "imis", "random"]
+    assert line.split()[1:10] == [
+        "learned",
+        "learned_bc",
+        "hint_box",
+        "hint_click",
+        "random",
+        "oracle_box",
+        "hybrid_expert",
+        "ritm",
+        "imis",
+    ]
 
 
 def test_export_sft_is_deprecated_and_forwarded_to_medseg_train(tmp_path, capfd):

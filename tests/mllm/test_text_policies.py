@@ -56,7 +56,17 @@ def _check_text_run(out: Path, budget: int, episodes: int) -> list:
 def test_mllm_policies_are_registered_but_not_default() -> None:
     for name in ("openai", "vllm", "transformers"):
         assert name in POLICIES.names() and name not in default_policies()
-    assert default_policies() == ["oracle_box", "hybrid_expert", "ritm", "imis", "random"]
+    assert default_policies() == [
+        "learned",
+        "learned_bc",
+        "hint_box",
+        "hint_click",
+        "random",
+        "oracle_box",
+        "hybrid_expert",
+        "ritm",
+        "imis",
+    ]
 
 
 def test_transformers_policy_drives_benchmark_episodes(tiny_vlm_dir: Path, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ class RecipeConfig:
     width: int = 12
     horizon: int = 5
     seed: int = 0
-    sft_steps: int = 3000
+    sft_steps: int = 1500
     sft_batch: int = 32
     sft_lr: float = 1e-3
     sft_eval_every: int = 250
