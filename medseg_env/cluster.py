@@ -69,7 +69,8 @@ class RayOptions:
             ``""`` starts a local Ray.
         workers: workers (default: the cluster's CPUs / ``cpus``, or its GPUs / ``gpus`` when
             workers take GPUs; :func:`default_workers`).
-        cpus: CPUs per worker (Ray resources; torch in the worker uses as many threads).
+        cpus: CPUs per worker (Ray's accounting; the workers' torch threads are the driver's,
+            see :class:`WorkerPool`).
         gpus: GPUs per worker (0: none; 1: one worker per GPU; 0.5: two per GPU).
         echo: print the cluster, its dashboard and the workers to stderr.
 
@@ -127,7 +128,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
         type=float,
         default=1.0,
         metavar="C",
-        help="CPUs per worker (default 1; torch uses as many threads)",
+        help="CPUs per worker, as Ray accounts them (default 1)",
     )
     group.add_argument(
         "--ray-gpus",
@@ -343,13 +344,17 @@ class _Host:
     """The actor of a :class:`WorkerPool`: sets the process up, builds one worker object, and
     runs its methods on the items it is sent."""
 
-    def __init__(self, spec: tuple[Callable[..., Any], tuple[Any, ...], int]) -> None:
+    def __init__(self, spec: tuple[Callable[..., Any], tuple[Any, ...], int], name: str) -> None:
         factory, args, threads = spec
+        self.name = name
         if threads > 0:
             import torch
 
             torch.set_num_threads(threads)
         self.worker = factory(*args)
+
+    def __repr__(self) -> str:  # Ray prefixes the worker's printed lines with it
+        return self.name
 
     def ready(self) -> dict[str, Any]:
         """Where this worker runs, and what its worker object reports (``ready()``)."""
@@ -390,8 +395,12 @@ class WorkerPool(Generic[T, R]):
             :meth:`start`).
         args: the factory's arguments (pickled once, shared by every actor).
         workers: how many actors.
-        cpus, gpus: each actor's Ray resources; torch in the actor uses ``max(1, int(cpus))``
-            threads (the CPUs it was given, never the whole node).
+        cpus, gpus: each actor's Ray resources.
+        threads: torch (and so ONNX Runtime) threads in each actor; None: this process's
+            ``torch.get_num_threads()``. The thread count changes how float sums are split, so
+            the last bits of an embedding and now and then a pixel on a mask's border: with
+            this process's count, a worker computes what this process would (set it with
+            ``OMP_NUM_THREADS`` or ``torch.set_num_threads``).
         what: a worker's name in messages (``"medseg-bench worker"``).
         max_attempts: workers an item may kill (die while running it) before it is refused.
         in_flight: groups queued on one worker at a time (2: the next one waits in the actor
@@ -408,6 +417,7 @@ class WorkerPool(Generic[T, R]):
         cpus: float = 1.0,
         gpus: float = 0.0,
         what: str = "worker",
+        threads: int | None = None,
         max_attempts: int = 3,
         in_flight: int = 2,
     ) -> None:
@@ -430,7 +440,12 @@ class WorkerPool(Generic[T, R]):
         if env_vars:
             options["runtime_env"] = {"env_vars": env_vars}
         self._actor, self._options = self.ray.remote(_Host), options
-        self._args_ref = self.ray.put((factory, args, max(1, int(cpus))))
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
+        self.threads = threads
+        self._args_ref = self.ray.put((factory, args, threads))
         self._slots: list[_Slot] = []
         self.deaths: list[str] = []
         """One line per worker that died during :meth:`run` (name, where, why)."""
@@ -439,7 +454,7 @@ class WorkerPool(Generic[T, R]):
 
     def _spawn(self) -> _Slot:
         name = f"medseg-{self.run_id}-w{len(self._slots)}"
-        handle = self._actor.options(name=name, **self._options).remote(self._args_ref)
+        handle = self._actor.options(name=name, **self._options).remote(self._args_ref, name)
         slot = _Slot(name, handle, handle.ready.remote())
         self._slots.append(slot)
         return slot
@@ -474,9 +489,9 @@ class WorkerPool(Generic[T, R]):
                 break
             waited += 60.0
             warnings.warn(
-                f"{self.what} {slot.name} has waited {waited:.0f} s to start: the cluster may "
-                f"lack the resources one asks for ({self.cluster.cpus:g} CPU(s), "
-                f"{self.cluster.gpus:g} GPU(s) in all)",
+                f"{self.what} {slot.name} is still starting after {waited:.0f} s: a busy "
+                f"machine, or a cluster without the resources one asks for "
+                f"({self.cluster.cpus:g} CPU(s), {self.cluster.gpus:g} GPU(s) in all)",
                 RuntimeWarning,
                 stacklevel=3,
             )

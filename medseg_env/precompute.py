@@ -30,10 +30,9 @@ pixels (several targets on one slice) share a key and cost one encode.
   to a pool of workers (``medseg_env.cluster.WorkerPool``, one per CPU or GPU), each with its
   own model; the embeddings come back to this process, which alone checks what is on disk and
   writes every entry, as above. So the cache folder needs to be writable here only, and a
-  precompute started with ``--ray`` resumes without it, and the reverse. Each worker uses as
-  many torch threads as the CPUs it was given: embeddings are bit-identical to a local pass
-  with that many threads (the thread count changes the last bits of a float sum, never the
-  masks seen so far).
+  precompute started with ``--ray`` resumes without it, and the reverse. Each worker uses this
+  process's torch thread count, so its embeddings are bit-identical to a local pass here (the
+  thread count changes the last bits of a float sum).
 """
 
 from __future__ import annotations

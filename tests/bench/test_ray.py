@@ -21,6 +21,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+import torch
 
 from medseg_agents.baselines import HintClick
 from medseg_bench import BenchConfig, run_benchmark
@@ -111,7 +112,9 @@ def test_the_command_with_ray_writes_and_prints_what_a_local_run_does(local, cli
     # what the Ray run says of itself: the Ray it used and its two workers
     assert "medseg-bench: Ray: using the Ray this process had already started" in err_there
     assert "1 node(s), 2 CPU(s), 0 GPU(s)" in err_there
-    assert "2 medseg-bench workers (1 CPU, 0 GPU each) on 1 node(s)" in err_there
+    threads = torch.get_num_threads()  # the driver's, whatever --ray-cpus says
+    workers = f"2 medseg-bench workers (1 CPU, 0 GPU, {threads} torch thread(s) each)"
+    assert f"{workers} on 1 node(s)" in err_there
     doc = json.loads((there / "results.json").read_text())
     assert doc["run"]["ray"] == {
         "address": None,
