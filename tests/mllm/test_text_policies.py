@@ -61,11 +61,9 @@ def test_mllm_policies_are_registered_but_not_default() -> None:
         "learned_bc",
         "hint_box",
         "hint_click",
-        "random",
         "oracle_box",
         "hybrid_expert",
         "ritm",
-        "imis",
     ]
 
 
