@@ -224,17 +224,7 @@ def _store(
     if seg.encoder_calls == calls:
         report.skipped += 1
         return
-    path = store.disk_path(key)
-    assert path is not None
-    if store.last_write_error is not None or not path.is_file():
-        err = store.last_write_error
-        reason = f"{type(err).__name__}: {err}" if err is not None else "the file is missing"
-        raise PrecomputeError(
-            f"could not write the embedding cache entry {path} ({reason}); give a writable "
-            f"folder with --cache-dir or ${CACHE_DIR_ENV}"
-        ) from err
-    report.encoded += 1
-    report.bytes_written += path.stat().st_size
+    _count_written(store, key, report)
     report.encode_seconds += time.perf_counter() - started
 
 
@@ -349,6 +339,11 @@ def _write(store: EmbeddingCache, key: str, embedding: Embedding, report: Precom
     """Write one embedding that a worker made; a failed write is a ``PrecomputeError``."""
     store.last_write_error = None
     store.put(key, embedding)
+    _count_written(store, key, report)
+
+
+def _count_written(store: EmbeddingCache, key: str, report: PrecomputeReport) -> None:
+    """Count an entry just written to ``store``; a failed write is a ``PrecomputeError``."""
     path = store.disk_path(key)
     assert path is not None
     if store.last_write_error is not None or not path.is_file():

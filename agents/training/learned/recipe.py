@@ -292,13 +292,7 @@ def stage_sft(run: Run, demos: Demonstrations) -> PromptNet:
             schedule.step()
         step += n
         scores = evaluate(net, run)
-        if scores["val_dice"] > best:
-            best = scores["val_dice"]
-            save_checkpoint(
-                folder / "best",
-                net,
-                {"stage": "sft", "step": step, **scores, "config": cfg.to_dict()},
-            )
+        best = _keep_if_best(folder, net, scores, best, {"stage": "sft", "step": step}, cfg)
         seconds = _add_time(run, "sft", time.perf_counter() - start)
         _append_curve(
             folder / "curve.csv",
@@ -373,13 +367,9 @@ def stage_rl(run: Run, sft: PromptNet) -> PromptNet:
             if iteration >= cfg.rl_iterations:
                 break
         scores = evaluate(net, run)
-        if scores["val_dice"] > best:
-            best = scores["val_dice"]
-            save_checkpoint(
-                folder / "best",
-                net,
-                {"stage": "rl", "iteration": iteration, **scores, "config": cfg.to_dict()},
-            )
+        best = _keep_if_best(
+            folder, net, scores, best, {"stage": "rl", "iteration": iteration}, cfg
+        )
         seconds = _add_time(run, "rl", time.perf_counter() - start)
         _append_curve(
             folder / "curve.csv",
@@ -408,6 +398,21 @@ def stage_rl(run: Run, sft: PromptNet) -> PromptNet:
             },
         )
     return _best(folder, cfg)
+
+
+def _keep_if_best(
+    folder: Path,
+    net: PromptNet,
+    scores: dict[str, float],
+    best: float,
+    where: dict[str, Any],
+    cfg: RecipeConfig,
+) -> float:
+    """Save ``net`` as ``folder/best`` when its validation Dice beats ``best``; the new best."""
+    if scores["val_dice"] <= best:
+        return best
+    save_checkpoint(folder / "best", net, {**where, **scores, "config": cfg.to_dict()})
+    return scores["val_dice"]
 
 
 def _best(folder: Path, cfg: RecipeConfig) -> PromptNet:
