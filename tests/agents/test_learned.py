@@ -174,3 +174,28 @@ def test_act_batch_equals_act(demo: Dataset) -> None:
         assert one["kind"] == action["kind"]
         assert np.array_equal(one["point"], action["point"])
         assert np.array_equal(one["box"], action["box"])
+
+
+def test_learned_runs_through_medseg_bench(tmp_path) -> None:
+    """``medseg-bench`` plays the shipped agents with no options on a small subset; they stop
+    by themselves within their horizon and send no invalid prompt."""
+    import csv
+
+    from medseg_bench.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["run", "-p", "learned", "learned_bc", "-d", "demo", "--limit", "3", "--subset"]
+    argv += ["first", "-s", "classical", "--no-progress", "--no-plots", "--out", str(out)]
+    assert main(argv) == 0
+    with open(out / "episodes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    finals = {}
+    for row in rows:
+        assert row["invalid"] == "", row
+        finals[(row["policy"], row["sample_id"])] = row
+    assert {p for p, _ in finals} == {"learned", "learned_bc"} and len(finals) == 6
+    for row in finals.values():
+        assert 1 <= int(row["turns"]) <= 5 and row["stopped"] == "true"
+        assert 0.0 <= float(row["final_dice"]) <= 1.0
+    # the agent segments its targets rather than stopping at once
+    assert max(float(r["final_dice"]) for r in finals.values()) > 0.5
