@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .cluster import ClusterError, RayOptions, WorkerPool, add_ray_arguments, connect, ray_options
@@ -189,15 +190,12 @@ def precompute(
         for dataset in loaded:
             for sample in dataset:
                 report.samples += 1
-                raw = image_key(sample.image, "raw")
-                if raw not in framed:
-                    framed.add(raw)
-                    image, _, _ = letterbox(sample, obs_size)
-                    key = image_key(image, seg.model_id)
-                    if key not in seen:
-                        seen.add(key)
-                        report.images += 1
-                        _store(seg, store, image, key, report)
+                canvas = _new_canvas(sample, obs_size, seg.model_id, framed)
+                if canvas is not None and canvas[1] not in seen:
+                    image, key = canvas
+                    seen.add(key)
+                    report.images += 1
+                    _store(seg, store, image, key, report)
                 bar.update()
                 bar.set_postfix(encoded=report.encoded, skipped=report.skipped, refresh=False)
     except BaseException as err:
@@ -279,21 +277,18 @@ def _precompute_on_ray(
         for dataset in loaded:
             for sample in dataset:
                 report.samples += 1
-                raw = image_key(sample.image, "raw")
-                if raw not in framed:
-                    framed.add(raw)
-                    image, _, _ = letterbox(sample, obs_size)
-                    key = image_key(image, seg.model_id)
-                    if key not in todo:
-                        size = (int(image.shape[0]), int(image.shape[1]))
-                        found = store.get(
-                            key, model_id=seg.model_id, image_size=size, features=seg.features_spec
-                        )
-                        if found is None:
-                            todo[key] = image
-                            continue  # the bar moves when its embedding is written
-                        report.images += 1
-                        report.skipped += 1
+                canvas = _new_canvas(sample, obs_size, seg.model_id, framed)
+                if canvas is not None and canvas[1] not in todo:
+                    image, key = canvas
+                    size = (int(image.shape[0]), int(image.shape[1]))
+                    found = store.get(
+                        key, model_id=seg.model_id, image_size=size, features=seg.features_spec
+                    )
+                    if found is None:
+                        todo[key] = image
+                        continue  # the bar moves when its embedding is written
+                    report.images += 1
+                    report.skipped += 1
                 bar.update()
         report.images += len(todo)
         if todo:
@@ -340,6 +335,19 @@ def _write(store: EmbeddingCache, key: str, embedding: Embedding, report: Precom
     store.last_write_error = None
     store.put(key, embedding)
     _count_written(store, key, report)
+
+
+def _new_canvas(
+    sample: Any, obs_size: int, model_id: str, framed: set[str]
+) -> tuple[np.ndarray, str] | None:
+    """The letterboxed canvas of ``sample`` and its cache key, or None when a sample of the same
+    image was framed already (``framed`` holds the raw images' keys)."""
+    raw = image_key(sample.image, "raw")
+    if raw in framed:
+        return None
+    framed.add(raw)
+    image, _, _ = letterbox(sample, obs_size)
+    return image, image_key(image, model_id)
 
 
 def _count_written(store: EmbeddingCache, key: str, report: PrecomputeReport) -> None:
